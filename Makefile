@@ -1,0 +1,27 @@
+# The two set-up commands are `make demo` and `make test`; both run as root on Debian 12.
+SHELL := /bin/bash
+ENV_FILE ?= /var/lib/m8trx-test/env
+export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
+
+.PHONY: test demo fmt-check clippy test-env unit build
+
+## test: formatting, lints, the real test environment, then every test of the workspace.
+test: fmt-check clippy test-env
+	set -a && . "$(ENV_FILE)" && set +a && cargo test --workspace
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## test-env: install packages, start containerd/dockerd/moto, build test images (idempotent).
+test-env:
+	scripts/test-env
+
+build:
+	cargo build --workspace --release
+
+## demo: a local shared host with two demo tenants (needs issues #3-#6; says so until then).
+demo: build
+	@scripts/demo
