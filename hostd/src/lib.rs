@@ -1,0 +1,2 @@
+//! hostd library: the pieces of the host daemon, kept in a library so tests and the
+//! `hostd ctl` CLI share them. Each module owns one responsibility.
