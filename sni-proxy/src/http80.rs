@@ -1,0 +1,175 @@
+//! The :80 listener (hyper): routes by Host. ACME HTTP-01 challenges go to the tenant's HTTP
+//! backend; everything else gets a 308 to https, or is forwarded when the route says so.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, HOST, LOCATION};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::routes::HttpMode;
+use crate::State;
+
+/// Path prefix of ACME HTTP-01 challenges (RFC 8555 section 8.3).
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+type Body = Either<Full<Bytes>, Incoming>;
+
+/// Accepts :80 connections until `stop` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Ok((sock, peer)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(req, peer, &state).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(text.as_bytes()))));
+    *r.status_mut() = status;
+    r
+}
+
+/// The host name of a request, lowercased, without port.
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => raw,
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Response<Body> {
+    let start = Instant::now();
+    let host = host_of(&req);
+    let path = req.uri().path().to_owned();
+    let route = host
+        .as_deref()
+        .and_then(|h| state.routes.current().lookup(h).cloned());
+    let (action, resp) = match (&route, host.as_deref()) {
+        (None, _) | (_, None) => (
+            "none",
+            plain(StatusCode::NOT_FOUND, "no route for this host\n"),
+        ),
+        (Some(r), Some(host)) => {
+            let acme = path.starts_with(ACME_PREFIX);
+            match r.http_backend {
+                Some(b) if acme || r.http == HttpMode::Forward => {
+                    let action = if acme { "acme" } else { "forward" };
+                    (action, forward(req, peer, b).await)
+                }
+                None if acme => (
+                    "acme",
+                    plain(
+                        StatusCode::NOT_FOUND,
+                        "this route has no http_backend for ACME\n",
+                    ),
+                ),
+                _ => {
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let mut r = plain(StatusCode::PERMANENT_REDIRECT, "");
+                    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+                        r.headers_mut().insert(LOCATION, v);
+                    }
+                    ("redirect", r)
+                }
+            }
+        }
+    };
+    let outcome = if resp.status().is_server_error() {
+        "error"
+    } else {
+        "ok"
+    };
+    state.metrics.http_request(action, outcome);
+    info!(
+        target: "access",
+        listener = "http",
+        client = %peer,
+        host = host.as_deref().unwrap_or("-"),
+        path = %path,
+        route = route.as_ref().map_or("-", |r| r.name.as_str()),
+        action,
+        status = resp.status().as_u16(),
+        duration_ms = start.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+/// Sends the request to `backend` over a fresh HTTP/1.1 connection and returns its answer.
+async fn forward(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    backend: SocketAddr,
+) -> Response<Body> {
+    let conn = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        TcpStream::connect(backend),
+    )
+    .await;
+    let stream = match conn {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(%backend, error = %e, "http backend unreachable");
+            return plain(StatusCode::BAD_GATEWAY, "tenant backend unreachable\n");
+        }
+        Err(_) => {
+            warn!(target: "limit", limit = "connect_timeout", %backend, "limit hit: http backend did not accept in time");
+            return plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "tenant backend did not answer\n",
+            );
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(%backend, error = %e, "http backend handshake failed");
+            return plain(StatusCode::BAD_GATEWAY, "tenant backend failed\n");
+        }
+    };
+    tokio::spawn(conn);
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        req.headers_mut().insert("x-forwarded-for", v);
+    }
+    req.headers_mut()
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    match sender.send_request(req).await {
+        Ok(resp) => resp.map(Either::Right),
+        Err(e) => {
+            warn!(%backend, error = %e, "http backend request failed");
+            plain(StatusCode::BAD_GATEWAY, "tenant backend failed\n")
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! sni-proxy: the public entry of an m8trx shared host. Routes TLS by SNI to each tenant's
+//! own server without terminating it, and plain HTTP by Host (ACME challenges, redirects).
+//! Each module owns one responsibility; `main.rs` wires them together.
+
+pub mod admin;
+pub mod clienthello;
+pub mod http80;
+pub mod limits;
+pub mod metrics;
+pub mod passthrough;
+pub mod privilege;
+pub mod proxy_protocol;
+pub mod relay;
+pub mod reload;
+pub mod routes;
+
+use std::sync::Arc;
+
+/// Everything the listeners share: the live routes, the connection limiter and the metrics.
+#[derive(Debug)]
+pub struct State {
+    /// Routes file and live table.
+    pub routes: Arc<reload::Routes>,
+    /// Open-connection accounting for the limits.
+    pub limiter: Arc<limits::ConnLimiter>,
+    /// Prometheus counters.
+    pub metrics: Arc<metrics::Metrics>,
+}

@@ -1,0 +1,223 @@
+//! The :443 listener: admit, read the ClientHello, route by SNI, PROXY v2, relay, log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::clienthello::{read_client_hello, HelloError};
+use crate::relay::{self, RelayEnd, Side};
+use crate::routes::Route;
+use crate::{proxy_protocol, State};
+
+/// TLS alert record `unrecognized_name` (fatal), sent before closing an unroutable connection.
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// Accepts :443 connections until `stop` turns true; each connection runs in its own task.
+pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (sock, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: say so and give the system a moment.
+                warn!(error = %e, "accept on :443 listener failed; retrying in 50 ms");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let table = state.routes.current();
+        let l = &table.limits;
+        let permit = match state.limiter.try_acquire(
+            peer.ip(),
+            l.max_connections,
+            l.max_connections_per_ip,
+        ) {
+            Ok(p) => p,
+            Err(hit) => {
+                let limit = hit.label();
+                let (crate::limits::LimitHit::Total(max) | crate::limits::LimitHit::PerIp(max)) =
+                    hit;
+                warn!(target: "limit", limit, max, client = %peer, "limit hit: connection refused");
+                state.metrics.limit_hit(limit);
+                state.metrics.connection("-", "refused_limit", 0, 0);
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            handle(sock, peer, &state).await;
+            drop(permit);
+        });
+    }
+}
+
+/// What one connection ended as, for the access log and metrics.
+struct Outcome {
+    route: String,
+    sni: Option<String>,
+    alpn: String,
+    backend: Option<SocketAddr>,
+    outcome: &'static str,
+    detail: Option<String>,
+}
+
+/// Runs one connection to the end and writes its access-log line.
+async fn handle(mut client: TcpStream, peer: SocketAddr, state: &State) {
+    let start = Instant::now();
+    let bytes = relay::Bytes::default();
+    let o = route_and_relay(&mut client, peer, state, &bytes, start).await;
+    let up = bytes.up.into_inner();
+    let down = bytes.down.into_inner();
+    state.metrics.connection(&o.route, o.outcome, up, down);
+    info!(
+        target: "access",
+        client = %peer,
+        sni = o.sni.as_deref().unwrap_or("-"),
+        alpn = %o.alpn,
+        route = %o.route,
+        backend = %o.backend.map_or("-".to_string(), |b| b.to_string()),
+        bytes_up = up,
+        bytes_down = down,
+        duration_ms = start.elapsed().as_millis() as u64,
+        outcome = o.outcome,
+        detail = o.detail.as_deref().unwrap_or(""),
+        "connection"
+    );
+}
+
+async fn route_and_relay(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    state: &State,
+    bytes: &relay::Bytes,
+    start: Instant,
+) -> Outcome {
+    let mut o = Outcome {
+        route: "-".into(),
+        sni: None,
+        alpn: String::new(),
+        backend: None,
+        outcome: "closed",
+        detail: None,
+    };
+    let _ = client.set_nodelay(true);
+    let table = state.routes.current();
+    let limits = table.limits.clone();
+    let hello = match read_client_hello(
+        client,
+        limits.max_client_hello_bytes,
+        limits.client_hello_timeout(),
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            if let HelloError::Timeout(t, got) = &e {
+                warn!(target: "limit", limit = "client_hello_timeout", timeout_ms = t.as_millis() as u64,
+                      received = got, client = %peer, "limit hit: no complete ClientHello in time, closing");
+                state.metrics.limit_hit("client_hello_timeout");
+            } else if let HelloError::TooLarge(max) = &e {
+                warn!(target: "limit", limit = "max_client_hello_bytes", max, client = %peer,
+                      "limit hit: ClientHello too large, closing");
+                state.metrics.limit_hit("max_client_hello_bytes");
+            }
+            o.outcome = e.outcome();
+            o.detail = Some(e.to_string());
+            return o;
+        }
+    };
+    state.metrics.hello_time(start.elapsed());
+    o.sni = hello.sni.clone();
+    o.alpn = hello
+        .alpn
+        .iter()
+        .map(|p| String::from_utf8_lossy(p))
+        .collect::<Vec<_>>()
+        .join(",");
+    let Some(route) = table.route_for(hello.sni.as_deref()).map(Arc::clone) else {
+        o.outcome = if hello.sni.is_some() {
+            "unknown_sni"
+        } else {
+            "no_sni"
+        };
+        let _ = relay::write_all(client, &ALERT_UNRECOGNIZED_NAME).await;
+        return o;
+    };
+    drop(table);
+    o.route = route.name.clone();
+    o.backend = Some(route.backend);
+    let backend = match connect(&route, limits.connect_timeout()).await {
+        Ok(b) => b,
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                warn!(target: "limit", limit = "connect_timeout", route = %route.name,
+                      backend = %route.backend, client = %peer,
+                      "limit hit: backend did not accept in time, closing");
+                state.metrics.limit_hit("connect_timeout");
+            }
+            state.metrics.backend_error(&route.name);
+            o.outcome = "backend_unreachable";
+            o.detail = Some(e.to_string());
+            return o;
+        }
+    };
+    let mut first = Vec::with_capacity(52 + hello.buffered.len());
+    if route.proxy_protocol {
+        let dst = client.local_addr().unwrap_or(peer);
+        first.extend_from_slice(&proxy_protocol::v2_header(peer, dst));
+    }
+    first.extend_from_slice(&hello.buffered);
+    drop(hello);
+    if let Err(e) = relay::write_all(&backend, &first).await {
+        state.metrics.backend_error(&route.name);
+        o.outcome = "backend_error";
+        o.detail = Some(e.to_string());
+        return o;
+    }
+    bytes
+        .up
+        .store(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    drop(first);
+    let idle = limits.idle_timeout();
+    match relay::relay(client, &backend, idle, bytes).await {
+        RelayEnd::Closed => o.outcome = "closed",
+        RelayEnd::Idle => {
+            warn!(target: "limit", limit = "idle_timeout", timeout_s = idle.as_secs(), route = %route.name,
+                  client = %peer, "limit hit: connection idle, closing");
+            state.metrics.limit_hit("idle_timeout");
+            o.outcome = "idle_timeout";
+        }
+        RelayEnd::Error(side, e) => {
+            o.outcome = match side {
+                Side::Client => "client_error",
+                Side::Backend => {
+                    state.metrics.backend_error(&route.name);
+                    "backend_error"
+                }
+            };
+            o.detail = Some(e.to_string());
+        }
+    }
+    o
+}
+
+/// Opens the TCP connection to a route's backend within `timeout`.
+async fn connect(route: &Route, timeout: Duration) -> std::io::Result<TcpStream> {
+    let s = tokio::time::timeout(timeout, TcpStream::connect(route.backend))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect to {} timed out after {timeout:?}", route.backend),
+            )
+        })??;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
