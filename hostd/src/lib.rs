@@ -1,2 +1,5 @@
 //! hostd library: the pieces of the host daemon, kept in a library so tests and the
 //! `hostd ctl` CLI share them. Each module owns one responsibility.
+
+pub mod policy;
+pub mod spec;
