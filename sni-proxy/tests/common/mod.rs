@@ -255,7 +255,7 @@ https://{name}:{port} {{
 	file_server @files
 	respond / "hello from {name}"
 }}
-http://{name}:{http_port} {{
+http://:{http_port} {{
 	root * {d}/www
 	file_server
 }}
@@ -379,12 +379,35 @@ impl Proxy {
 
     /// GET /metrics from the admin address.
     pub fn metrics_text(&self) -> String {
-        http_get(self.metrics.unwrap(), "/metrics", "localhost").1
+        String::from_utf8(http_get(self.metrics.unwrap(), "/metrics", "localhost").1).unwrap()
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.x), to look like another client.
+pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}
+
+/// True when the peer closed `s` (EOF or reset) within `limit`, without sending anything.
+pub fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
     }
 }
 
 /// A minimal HTTP/1.1 GET with `Connection: close`; returns (head, body).
-pub fn http_get(addr: SocketAddr, path: &str, host: &str) -> (String, String) {
+pub fn http_get(addr: SocketAddr, path: &str, host: &str) -> (String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -392,10 +415,15 @@ pub fn http_get(addr: SocketAddr, path: &str, host: &str) -> (String, String) {
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    (head.to_owned(), body.to_owned())
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(resp.len());
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let body = resp.get(split + 4..).unwrap_or_default().to_vec();
+    (head, body)
 }
 
 /// curl through the proxy to `name`, resolving it to the proxy, verifying with `cacert`.
