@@ -3,10 +3,10 @@ SHELL := /bin/bash
 ENV_FILE ?= /var/lib/m8trx-test/env
 export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 
-.PHONY: test demo fmt-check clippy test-env unit build
+.PHONY: test demo fmt-check clippy test-env unit build infra-check
 
 ## test: formatting, lints, the real test environment, then every test of the workspace.
-test: fmt-check clippy test-env
+test: fmt-check clippy infra-check test-env
 	set -a && . "$(ENV_FILE)" && set +a && cargo test --workspace
 
 fmt-check:
@@ -14,6 +14,10 @@ fmt-check:
 
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## infra-check: terraform/ and packer/: HCL format, parsing, IAM policy evaluation, checkov (scripts/check-infra).
+infra-check:
+	scripts/check-infra
 
 ## test-env: install packages, start containerd/dockerd/moto, build test images (idempotent).
 test-env:
