@@ -2,4 +2,5 @@
 //! `hostd ctl` CLI share them. Each module owns one responsibility.
 
 pub mod policy;
+pub mod profiles;
 pub mod spec;

@@ -1,0 +1,755 @@
+//! Tenant container security profiles: the Docker-format seccomp profile (`seccomp/tenant.json`)
+//! and the per-tenant AppArmor profile (`apparmor/tenant.profile.tmpl`). hostd renders them,
+//! installs them atomically, loads the AppArmor profile where the kernel has AppArmor, and puts
+//! the returned `security_opt` references into every tenant container it creates.
+//!
+//! Self-contained on purpose: the rest of hostd only calls [`install`] and [`TenantProfiles::security_opt`].
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use m8trx_spec::CustomerName;
+use serde::{Deserialize, Serialize};
+
+/// The seccomp profile every tenant container runs under, in Docker's JSON format.
+pub const SECCOMP_TENANT_JSON: &str = include_str!("../../seccomp/tenant.json");
+
+/// The AppArmor profile template; `{{NAME}}`, `{{PROFILE}}` and `{{TENANTS_ROOT}}` are filled per tenant.
+pub const APPARMOR_TEMPLATE: &str = include_str!("../../apparmor/tenant.profile.tmpl");
+
+/// Where every tenant's data root lives on a shared host (`<root>/<name>`).
+pub const TENANTS_ROOT: &str = "/srv/m8trx/tenants";
+
+/// File the kernel exposes when the AppArmor LSM is built in; contains `Y` when it is enabled.
+pub const APPARMOR_ENABLED_FILE: &str = "/sys/module/apparmor/parameters/enabled";
+
+/// errno values the profile uses, named for readability in code and tests.
+pub const EPERM: i32 = 1;
+/// ENOSYS: what clone3 returns so that libc falls back to clone.
+pub const ENOSYS: i32 = 38;
+
+/// Why a profile could not be parsed, compiled, rendered or installed; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("seccomp profile is not valid Docker-format JSON: {0}; fix seccomp/tenant.json")]
+    Json(#[from] serde_json::Error),
+    #[error("seccomp profile: {0}; fix seccomp/tenant.json")]
+    Invalid(String),
+    #[error("libseccomp refused the profile while {what}: {source}")]
+    Libseccomp {
+        what: String,
+        #[source]
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("writing {path}: {source}; check that the directory is writable by hostd")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running `{command}` failed: {detail}; is the apparmor package installed and the profile valid?")]
+    AppArmorParser { command: String, detail: String },
+}
+
+/// A Docker-format seccomp profile (the subset moby documents for `--security-opt seccomp=`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompProfile {
+    /// `SCMP_ACT_ERRNO` for tenants: everything not listed fails.
+    pub default_action: String,
+    /// errno of the default action (1 = EPERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_errno_ret: Option<u32>,
+    /// Native architectures the profile supports and the sub-ABIs each lets in.
+    #[serde(default)]
+    pub arch_map: Vec<ArchMap>,
+    /// Rule groups, applied in order; each carries a one-line `comment` saying why.
+    pub syscalls: Vec<SyscallGroup>,
+}
+
+/// One `archMap` entry: a native architecture and the extra ABIs allowed on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArchMap {
+    /// libseccomp name, e.g. `SCMP_ARCH_X86_64`.
+    pub architecture: String,
+    /// Extra ABIs (e.g. `SCMP_ARCH_X86`); empty for tenants: no 32-bit compat entry points.
+    #[serde(default)]
+    pub sub_architectures: Vec<String>,
+}
+
+/// One `syscalls` entry: names sharing an action, optional argument filters and conditions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyscallGroup {
+    /// Why the group is allowed or denied (Docker's format carries it as `comment`).
+    #[serde(default)]
+    pub comment: String,
+    /// Syscall names as libseccomp spells them.
+    pub names: Vec<String>,
+    /// `SCMP_ACT_ALLOW` or `SCMP_ACT_ERRNO` (others are refused for tenants).
+    pub action: String,
+    /// errno for an `SCMP_ACT_ERRNO` group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno_ret: Option<u32>,
+    /// Argument comparisons, all of which must hold for the action to apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<SyscallArg>,
+    /// The group applies only when these match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub includes: Option<GroupFilter>,
+    /// The group does not apply when these match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excludes: Option<GroupFilter>,
+}
+
+/// A comparison on one syscall argument (`value` is the mask for `SCMP_CMP_MASKED_EQ`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyscallArg {
+    /// Argument index, 0..=5.
+    pub index: u32,
+    /// Datum, or the mask for `SCMP_CMP_MASKED_EQ`.
+    pub value: u64,
+    /// Datum for `SCMP_CMP_MASKED_EQ`, unused otherwise.
+    #[serde(default)]
+    pub value_two: u64,
+    /// `SCMP_CMP_EQ`, `SCMP_CMP_NE`, `SCMP_CMP_MASKED_EQ`, …
+    pub op: String,
+}
+
+/// Conditions of a group; tenants only use Go-style architecture names (`amd64`, `arm64`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupFilter {
+    /// Go architecture names (`amd64`, `arm64`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arches: Vec<String>,
+    /// Capability conditions: refused, tenant containers drop every capability.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<String>,
+    /// Minimum kernel version: refused, the profile must not depend on the host kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_kernel: Option<String>,
+}
+
+impl SeccompProfile {
+    /// Parses the shipped tenant profile.
+    pub fn tenant() -> Result<Self, ProfileError> {
+        Self::parse(SECCOMP_TENANT_JSON)
+    }
+
+    /// Parses Docker-format JSON, refusing unknown fields so that a typo cannot silently weaken it.
+    pub fn parse(json: &str) -> Result<Self, ProfileError> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    /// The compact JSON that goes into `security_opt` as `seccomp=<json>` (the API wants content, not a path).
+    pub fn to_compact_json(&self) -> Result<String, ProfileError> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    /// Names of every group whose action is unconditional allow (no argument filter).
+    pub fn allowed_unconditionally(&self) -> BTreeSet<String> {
+        self.names_where(|g| g.action == "SCMP_ACT_ALLOW" && g.args.is_empty())
+    }
+
+    /// Names of every explicit deny group returning `errno`.
+    pub fn denied_with(&self, errno: u32) -> BTreeSet<String> {
+        self.names_where(|g| g.action == "SCMP_ACT_ERRNO" && g.errno_ret.unwrap_or(0) == errno)
+    }
+
+    fn names_where(&self, pred: impl Fn(&SyscallGroup) -> bool) -> BTreeSet<String> {
+        self.syscalls
+            .iter()
+            .filter(|g| pred(g))
+            .flat_map(|g| g.names.iter().cloned())
+            .collect()
+    }
+}
+
+/// A profile compiled by libseccomp for one architecture, with the names libseccomp skipped.
+pub struct CompiledSeccomp {
+    /// The libseccomp filter; `load()` applies it to the calling thread.
+    pub filter: ScmpFilterContext,
+    /// Names that do not exist on this architecture (skipped, as runc does).
+    pub skipped: Vec<String>,
+    /// Number of rules added to the filter.
+    pub rules: usize,
+}
+
+impl CompiledSeccomp {
+    /// The classic-BPF program (an array of `struct sock_filter`), to install in a child before exec.
+    pub fn bpf(&self) -> Result<Vec<u8>, ProfileError> {
+        let io = |source| ProfileError::Io {
+            path: PathBuf::from("<socketpair for the BPF export>"),
+            source,
+        };
+        let (mut rx, tx) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+        self.filter
+            .export_bpf(&tx)
+            .map_err(|source| ProfileError::Libseccomp {
+                what: "exporting the BPF program".into(),
+                source,
+            })?;
+        drop(tx);
+        let mut buf = Vec::new();
+        rx.read_to_end(&mut buf).map_err(io)?;
+        Ok(buf)
+    }
+}
+
+/// Go architecture name Docker uses in `includes.arches` for a libseccomp architecture.
+fn go_arch(arch: ScmpArch) -> &'static str {
+    match arch {
+        ScmpArch::X8664 => "amd64",
+        ScmpArch::X86 => "386",
+        ScmpArch::X32 => "x32",
+        ScmpArch::Aarch64 => "arm64",
+        ScmpArch::Arm => "arm",
+        _ => "other",
+    }
+}
+
+fn parse_arch(name: &str) -> Result<ScmpArch, ProfileError> {
+    name.parse::<ScmpArch>()
+        .map_err(|_| ProfileError::Invalid(format!("unknown architecture {name:?} in archMap")))
+}
+
+fn parse_op(arg: &SyscallArg) -> Result<(ScmpCompareOp, u64), ProfileError> {
+    let op = match arg.op.as_str() {
+        "SCMP_CMP_NE" => ScmpCompareOp::NotEqual,
+        "SCMP_CMP_LT" => ScmpCompareOp::Less,
+        "SCMP_CMP_LE" => ScmpCompareOp::LessOrEqual,
+        "SCMP_CMP_EQ" => ScmpCompareOp::Equal,
+        "SCMP_CMP_GE" => ScmpCompareOp::GreaterEqual,
+        "SCMP_CMP_GT" => ScmpCompareOp::Greater,
+        "SCMP_CMP_MASKED_EQ" => return Ok((ScmpCompareOp::MaskedEqual(arg.value), arg.value_two)),
+        other => {
+            return Err(ProfileError::Invalid(format!(
+                "unknown comparison {other:?}"
+            )))
+        }
+    };
+    Ok((op, arg.value))
+}
+
+fn parse_action(action: &str, errno: Option<u32>) -> Result<ScmpAction, ProfileError> {
+    match action {
+        "SCMP_ACT_ALLOW" => Ok(ScmpAction::Allow),
+        "SCMP_ACT_ERRNO" => {
+            let e = errno.ok_or_else(|| {
+                ProfileError::Invalid(format!(
+                    "{action} without an errno (errnoRet/defaultErrnoRet)"
+                ))
+            })?;
+            let e = i32::try_from(e)
+                .map_err(|_| ProfileError::Invalid(format!("errno {e} out of range")))?;
+            Ok(ScmpAction::Errno(e))
+        }
+        other => Err(ProfileError::Invalid(format!(
+            "action {other:?} is not used for tenants (only SCMP_ACT_ALLOW and SCMP_ACT_ERRNO)"
+        ))),
+    }
+}
+
+/// Does `filter` let the group apply on `arch`? Capability and kernel conditions are refused.
+fn group_applies(group: &SyscallGroup, arch: ScmpArch) -> Result<bool, ProfileError> {
+    let go = go_arch(arch);
+    for f in [&group.includes, &group.excludes].into_iter().flatten() {
+        if !f.caps.is_empty() || f.min_kernel.is_some() {
+            return Err(ProfileError::Invalid(format!(
+                "group {:?} depends on capabilities or the kernel version; tenant containers drop \
+                 every capability and the profile must not depend on the kernel",
+                group.names
+            )));
+        }
+    }
+    let included = group
+        .includes
+        .as_ref()
+        .is_none_or(|f| f.arches.is_empty() || f.arches.iter().any(|a| a == go));
+    let excluded = group
+        .excludes
+        .as_ref()
+        .is_some_and(|f| f.arches.iter().any(|a| a == go));
+    Ok(included && !excluded)
+}
+
+/// Compiles the profile with libseccomp for the machine's own architecture, like runc does.
+pub fn compile_seccomp(profile: &SeccompProfile) -> Result<CompiledSeccomp, ProfileError> {
+    compile_seccomp_for(profile, ScmpArch::native())
+}
+
+/// Compiles the profile for `arch`; proves the JSON is coherent (names, actions, comparisons).
+pub fn compile_seccomp_for(
+    profile: &SeccompProfile,
+    arch: ScmpArch,
+) -> Result<CompiledSeccomp, ProfileError> {
+    let lib = |what: String| move |source| ProfileError::Libseccomp { what, source };
+    let default = parse_action(&profile.default_action, profile.default_errno_ret)?;
+    let mut filter = ScmpFilterContext::new(default).map_err(lib("creating the filter".into()))?;
+    let entry = profile
+        .arch_map
+        .iter()
+        .map(|m| Ok((parse_arch(&m.architecture)?, m)))
+        .collect::<Result<Vec<_>, ProfileError>>()?
+        .into_iter()
+        .find(|(a, _)| *a == arch)
+        .map(|(_, m)| m)
+        .ok_or_else(|| {
+            ProfileError::Invalid(format!(
+                "archMap has no entry for this host's architecture {arch:?}"
+            ))
+        })?;
+    if arch != ScmpArch::native() {
+        filter
+            .add_arch(arch)
+            .map_err(lib(format!("adding architecture {arch:?}")))?;
+        filter
+            .remove_arch(ScmpArch::native())
+            .map_err(lib("removing the native architecture".into()))?;
+    }
+    for sub in &entry.sub_architectures {
+        let sub = parse_arch(sub)?;
+        filter
+            .add_arch(sub)
+            .map_err(lib(format!("adding sub-architecture {sub:?}")))?;
+    }
+
+    let mut skipped = Vec::new();
+    let mut rules = 0;
+    for group in &profile.syscalls {
+        if group.comment.trim().is_empty() {
+            return Err(ProfileError::Invalid(format!(
+                "group {:?} has no comment saying why it is allowed or denied",
+                group.names
+            )));
+        }
+        if !group_applies(group, arch)? {
+            continue;
+        }
+        let action = parse_action(&group.action, group.errno_ret)?;
+        // Same as runc: a rule whose action equals the default is redundant and libseccomp refuses it.
+        if action == default {
+            continue;
+        }
+        let conditions = group
+            .args
+            .iter()
+            .map(|a| {
+                if a.index > 5 {
+                    return Err(ProfileError::Invalid(format!(
+                        "argument index {} > 5",
+                        a.index
+                    )));
+                }
+                let (op, datum) = parse_op(a)?;
+                Ok(ScmpArgCompare::new(a.index, op, datum))
+            })
+            .collect::<Result<Vec<_>, ProfileError>>()?;
+        for name in &group.names {
+            let Ok(sys) = ScmpSyscall::from_name_by_arch(name, arch) else {
+                skipped.push(name.clone());
+                continue;
+            };
+            // A name the architecture lacks resolves to a negative pseudo number; skip it as runc does.
+            if i32::from(sys) < 0 {
+                skipped.push(name.clone());
+                continue;
+            }
+            let added = if conditions.is_empty() {
+                filter.add_rule(action, sys)
+            } else {
+                filter.add_rule_conditional(action, sys, &conditions)
+            };
+            added.map_err(lib(format!("adding {name} ({})", group.action)))?;
+            rules += 1;
+        }
+    }
+    Ok(CompiledSeccomp {
+        filter,
+        skipped,
+        rules,
+    })
+}
+
+/// The syscall number of `name` on this machine's architecture, if libseccomp knows it here.
+pub fn native_syscall_number(name: &str) -> Option<i32> {
+    ScmpSyscall::from_name_by_arch(name, ScmpArch::native())
+        .ok()
+        .map(i32::from)
+        .filter(|n| *n >= 0)
+}
+
+/// AppArmor profile name of a tenant: `m8trx-tenant-<name>`.
+pub fn apparmor_profile_name(name: &CustomerName) -> String {
+    format!("m8trx-tenant-{}", name.as_str())
+}
+
+/// Glob alternatives matching every single path component except `name` (AppArmor has no negation).
+///
+/// A component differs from `name` when, at the first position where it stops agreeing, it has
+/// another character, or it is a strict prefix of `name`, or `name` is a strict prefix of it.
+pub fn other_component_globs(name: &str) -> Vec<String> {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = Vec::new();
+    for i in 0..chars.len() {
+        let prefix: String = chars[..i].iter().collect();
+        out.push(format!("{prefix}[^{}/]*", chars[i]));
+        if i > 0 {
+            out.push(prefix);
+        }
+    }
+    out.push(format!("{name}?*"));
+    out
+}
+
+/// Renders the tenant's AppArmor profile from the template.
+pub fn render_apparmor(name: &CustomerName) -> String {
+    render_apparmor_with_root(name, TENANTS_ROOT)
+}
+
+/// Renders with another tenants root (tests use a temporary directory).
+pub fn render_apparmor_with_root(name: &CustomerName, tenants_root: &str) -> String {
+    let others = other_component_globs(name.as_str())
+        .iter()
+        .map(|g| format!("  deny {tenants_root}/{g}{{,/**}} rwklmx,\n"))
+        .collect::<String>();
+    APPARMOR_TEMPLATE
+        .replace("{{PROFILE}}", &apparmor_profile_name(name))
+        .replace("{{NAME}}", name.as_str())
+        .replace("{{TENANTS_ROOT}}", tenants_root)
+        .replace("{{DENY_OTHER_TENANTS}}\n", &others)
+}
+
+/// True when the running kernel has the AppArmor LSM enabled (so profiles can be loaded and enforced).
+pub fn apparmor_enabled() -> bool {
+    std::fs::read_to_string(APPARMOR_ENABLED_FILE).is_ok_and(|s| s.trim() == "Y")
+}
+
+/// Compiles a profile file with `apparmor_parser` without loading it into the kernel.
+pub fn apparmor_compile_check(profile: &Path) -> Result<(), ProfileError> {
+    run_parser(&[
+        "--skip-kernel-load",
+        "--skip-cache",
+        "--quiet",
+        &profile.display().to_string(),
+    ])
+}
+
+/// Loads (or replaces) a profile file into the kernel; needs AppArmor enabled and root.
+pub fn apparmor_load(profile: &Path) -> Result<(), ProfileError> {
+    run_parser(&["--replace", "--skip-cache", &profile.display().to_string()])
+}
+
+fn run_parser(args: &[&str]) -> Result<(), ProfileError> {
+    let command = format!("apparmor_parser {}", args.join(" "));
+    let out = Command::new("apparmor_parser")
+        .args(args)
+        .output()
+        .map_err(|e| ProfileError::AppArmorParser {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ProfileError::AppArmorParser {
+            command,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ProfileError> {
+    let io = |source| ProfileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// What hostd does with the AppArmor profile after writing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppArmorLoad {
+    /// Load it when the kernel has AppArmor enabled, otherwise only compile-check it.
+    Auto,
+    /// Only compile-check it (tests, image builds).
+    Never,
+}
+
+/// The installed profiles of one tenant and how containers reference them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantProfiles {
+    /// Path of the installed seccomp profile (shared by every tenant; same content).
+    pub seccomp_path: PathBuf,
+    /// Compact seccomp JSON that the Docker API takes in `security_opt`.
+    pub seccomp_json: String,
+    /// Path of the rendered AppArmor profile.
+    pub apparmor_path: PathBuf,
+    /// Profile name, `m8trx-tenant-<name>`.
+    pub apparmor_profile: String,
+    /// True when the profile was loaded into the kernel (AppArmor enabled).
+    pub apparmor_loaded: bool,
+}
+
+impl TenantProfiles {
+    /// The `security_opt` entries hostd puts on every tenant container.
+    ///
+    /// The AppArmor reference is present only when the profile is loaded: on a kernel without
+    /// AppArmor dockerd has nothing to apply it with, and naming it would claim protection that is not there.
+    pub fn security_opt(&self) -> Vec<String> {
+        let mut opts = vec![
+            "no-new-privileges".to_owned(),
+            format!("seccomp={}", self.seccomp_json),
+        ];
+        if self.apparmor_loaded {
+            opts.push(format!("apparmor={}", self.apparmor_profile));
+        }
+        opts
+    }
+}
+
+/// Renders, checks and installs both profiles for `name` under `dir`, loading AppArmor per `load`.
+///
+/// Layout: `<dir>/seccomp/m8trx-tenant.json` and `<dir>/apparmor/m8trx-tenant-<name>`. The seccomp
+/// profile is compiled with libseccomp and the AppArmor profile with `apparmor_parser` before
+/// anything references them, so a broken profile never reaches a container.
+pub fn install(
+    name: &CustomerName,
+    dir: &Path,
+    load: AppArmorLoad,
+) -> Result<TenantProfiles, ProfileError> {
+    let seccomp = SeccompProfile::tenant()?;
+    compile_seccomp(&seccomp)?;
+    let seccomp_json = seccomp.to_compact_json()?;
+    let seccomp_path = dir.join("seccomp").join("m8trx-tenant.json");
+    write_atomic(&seccomp_path, SECCOMP_TENANT_JSON.as_bytes())?;
+
+    let apparmor_profile = apparmor_profile_name(name);
+    let apparmor_path = dir.join("apparmor").join(&apparmor_profile);
+    write_atomic(&apparmor_path, render_apparmor(name).as_bytes())?;
+    apparmor_compile_check(&apparmor_path)?;
+    let apparmor_loaded = if load == AppArmorLoad::Auto && apparmor_enabled() {
+        apparmor_load(&apparmor_path)?;
+        true
+    } else {
+        false
+    };
+    Ok(TenantProfiles {
+        seccomp_path,
+        seccomp_json,
+        apparmor_path,
+        apparmor_profile,
+        apparmor_loaded,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acme() -> CustomerName {
+        CustomerName::parse("acme").unwrap()
+    }
+
+    #[test]
+    fn tenant_profile_parses_and_every_group_says_why() {
+        let p = SeccompProfile::tenant().unwrap();
+        assert_eq!(p.default_action, "SCMP_ACT_ERRNO");
+        assert_eq!(p.default_errno_ret, Some(1));
+        for g in &p.syscalls {
+            assert!(
+                g.comment.len() > 10,
+                "group {:?} has no one-line reason",
+                g.names
+            );
+            assert!(
+                !g.comment.contains('\n'),
+                "reason of {:?} is not one line",
+                g.names
+            );
+        }
+    }
+
+    #[test]
+    fn no_syscall_is_both_allowed_and_denied() {
+        let p = SeccompProfile::tenant().unwrap();
+        let allowed = p.allowed_unconditionally();
+        let denied = p.denied_with(1);
+        let both: Vec<_> = allowed.intersection(&denied).collect();
+        assert!(both.is_empty(), "allowed and denied at once: {both:?}");
+        for must in [
+            "keyctl",
+            "bpf",
+            "ptrace",
+            "mount",
+            "unshare",
+            "setns",
+            "io_uring_setup",
+        ] {
+            assert!(denied.contains(must), "{must} must be an explicit deny");
+        }
+    }
+
+    #[test]
+    fn every_name_is_a_syscall_libseccomp_knows_on_a_supported_arch() {
+        let p = SeccompProfile::tenant().unwrap();
+        let mut unknown = Vec::new();
+        for g in &p.syscalls {
+            for n in &g.names {
+                let known = [ScmpArch::X8664, ScmpArch::Aarch64]
+                    .into_iter()
+                    .any(|a| ScmpSyscall::from_name_by_arch(n, a).is_ok_and(|s| i32::from(s) >= 0));
+                if !known {
+                    unknown.push(n.clone());
+                }
+            }
+        }
+        assert!(
+            unknown.is_empty(),
+            "names no supported arch knows (typo?): {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn compiles_for_x86_64_and_aarch64() {
+        let p = SeccompProfile::tenant().unwrap();
+        for arch in [ScmpArch::X8664, ScmpArch::Aarch64] {
+            let c = compile_seccomp_for(&p, arch).unwrap();
+            assert!(c.rules > 200, "{arch:?}: only {} rules", c.rules);
+            assert!(!c.bpf().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn refuses_capability_conditions_and_missing_reasons() {
+        let mut p = SeccompProfile::tenant().unwrap();
+        p.syscalls[0].includes = Some(GroupFilter {
+            caps: vec!["CAP_SYS_ADMIN".into()],
+            ..Default::default()
+        });
+        assert!(compile_seccomp(&p).is_err());
+        let mut p = SeccompProfile::tenant().unwrap();
+        p.syscalls[0].comment.clear();
+        assert!(compile_seccomp(&p).is_err());
+        assert!(SeccompProfile::parse(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[],"typo":1}"#
+        )
+        .is_err());
+    }
+
+    /// Matches an AppArmor glob of the subset the renderer emits: literals, `*`, `?`, `[^x/]`.
+    fn glob_component(pat: &str, s: &str) -> bool {
+        fn go(p: &[char], s: &[char]) -> bool {
+            match p.first() {
+                None => s.is_empty(),
+                Some('*') => (0..=s.len()).any(|k| go(&p[1..], &s[k..])),
+                Some('?') => !s.is_empty() && go(&p[1..], &s[1..]),
+                Some('[') => {
+                    let end = p.iter().position(|c| *c == ']').unwrap();
+                    let set: Vec<char> = p[2..end].to_vec(); // after "[^"
+                    !s.is_empty() && !set.contains(&s[0]) && go(&p[end + 1..], &s[1..])
+                }
+                Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
+            }
+        }
+        go(
+            &pat.chars().collect::<Vec<_>>(),
+            &s.chars().collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn other_tenant_globs_match_every_other_name_and_never_the_own() {
+        for own in ["acme", "ab1", "a-b-c"] {
+            let globs = other_component_globs(own);
+            assert!(
+                !globs.iter().any(|g| glob_component(g, own)),
+                "{own} denied itself"
+            );
+            for other in [
+                "a", "ac", "acm", "acme2", "acmf", "bob", "acme-x", "ab", "ab12", "a-b", "a-b-cd",
+                "zzz",
+            ] {
+                if other == own {
+                    continue;
+                }
+                assert!(
+                    globs.iter().any(|g| glob_component(g, other)),
+                    "{other} not denied for tenant {own}: {globs:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rendered_profile_names_the_tenant_and_denies_others() {
+        let text = render_apparmor(&acme());
+        assert!(text.contains("profile m8trx-tenant-acme "));
+        assert!(!text.contains("{{"), "unfilled placeholder:\n{text}");
+        assert!(text.contains("deny /srv/m8trx/tenants/[^a/]*{,/**} rwklmx,"));
+        assert!(text.contains("deny /srv/m8trx/tenants/acme?*{,/**} rwklmx,"));
+    }
+
+    #[test]
+    fn security_opt_carries_json_content_and_apparmor_only_when_loaded() {
+        let mut t = TenantProfiles {
+            seccomp_path: "/x".into(),
+            seccomp_json: SeccompProfile::tenant().unwrap().to_compact_json().unwrap(),
+            apparmor_path: "/y".into(),
+            apparmor_profile: "m8trx-tenant-acme".into(),
+            apparmor_loaded: false,
+        };
+        let opts = t.security_opt();
+        assert_eq!(opts[0], "no-new-privileges");
+        let json = opts[1].strip_prefix("seccomp=").unwrap();
+        assert_eq!(
+            SeccompProfile::parse(json).unwrap(),
+            SeccompProfile::tenant().unwrap()
+        );
+        assert_eq!(opts.len(), 2);
+        t.apparmor_loaded = true;
+        assert_eq!(t.security_opt()[2], "apparmor=m8trx-tenant-acme");
+    }
+
+    #[test]
+    fn write_atomic_replaces_without_leftovers() {
+        let dir = std::env::temp_dir().join(format!("m8trx-profiles-{}", std::process::id()));
+        let path = dir.join("sub").join("f");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let entries: Vec<_> = std::fs::read_dir(dir.join("sub")).unwrap().collect();
+        assert_eq!(entries.len(), 1, "temporary file left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
