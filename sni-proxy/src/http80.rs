@@ -22,7 +22,8 @@ use crate::State;
 /// Path prefix of ACME HTTP-01 challenges (RFC 8555 section 8.3).
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
-type Body = Either<Full<Bytes>, Incoming>;
+/// Response body: a small fixed answer, or the backend's streamed body.
+pub type Body = Either<Full<Bytes>, Incoming>;
 
 /// Accepts :80 connections until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
@@ -85,7 +86,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
             match r.http_backend {
                 Some(b) if acme || r.http == HttpMode::Forward => {
                     let action = if acme { "acme" } else { "forward" };
-                    (action, forward(req, peer, b).await)
+                    (action, forward(req, peer, b, "http").await)
                 }
                 None if acme => (
                     "acme",
@@ -126,12 +127,28 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
     resp
 }
 
-/// Sends the request to `backend` over a fresh HTTP/1.1 connection and returns its answer.
-async fn forward(
+/// Sends the request (HTTP/1.1 or HTTP/2) to `backend` as HTTP/1.1 over a fresh connection
+/// and returns its answer; `proto` is what the client used (`X-Forwarded-Proto`).
+pub async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     backend: SocketAddr,
+    proto: &'static str,
 ) -> Response<Body> {
+    // HTTP/2 carries the host in the URI authority; HTTP/1.1 wants it in Host, origin-form URI.
+    if !req.headers().contains_key(HOST) {
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = hyper::Uri::from(pq);
+    }
+    *req.version_mut() = hyper::Version::HTTP_11;
     let conn = tokio::time::timeout(
         std::time::Duration::from_secs(3),
         TcpStream::connect(backend),
@@ -164,7 +181,7 @@ async fn forward(
         req.headers_mut().insert("x-forwarded-for", v);
     }
     req.headers_mut()
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert("x-forwarded-proto", HeaderValue::from_static(proto));
     match sender.send_request(req).await {
         Ok(resp) => resp.map(Either::Right),
         Err(e) => {

@@ -13,6 +13,7 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;
 pub mod routes;
+pub mod terminate;
 
 use std::sync::Arc;
 
@@ -25,4 +26,6 @@ pub struct State {
     pub limiter: Arc<limits::ConnLimiter>,
     /// Prometheus counters.
     pub metrics: Arc<metrics::Metrics>,
+    /// Certificates of terminate-mode routes.
+    pub terminator: Arc<terminate::Terminator>,
 }

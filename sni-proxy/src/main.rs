@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use sni_proxy::{admin, http80, limits, metrics, passthrough, privilege, reload, State};
+use sni_proxy::{admin, http80, limits, metrics, passthrough, privilege, reload, terminate, State};
 use tracing::{info, warn};
 
 /// Log line format.
@@ -131,6 +131,16 @@ async fn serve(
         routes: Arc::new(routes),
         limiter: Arc::new(limits::ConnLimiter::default()),
         metrics: Arc::new(metrics::Metrics::default()),
+        terminator: Arc::new(terminate::Terminator::default()),
+    });
+    // Terminate-mode certificates follow the routes table.
+    state.terminator.sync(&state.routes.current());
+    let mut versions = state.routes.subscribe();
+    let follower = Arc::clone(&state);
+    tokio::spawn(async move {
+        while versions.changed().await.is_ok() {
+            follower.terminator.sync(&follower.routes.current());
+        }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = tokio::net::TcpListener::from_std(tls)?;

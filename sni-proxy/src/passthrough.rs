@@ -8,10 +8,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::clienthello::{read_client_hello, HelloError};
+use crate::clienthello::{read_client_hello, Hello, HelloError};
 use crate::relay::{self, RelayEnd, Side};
-use crate::routes::Route;
-use crate::{proxy_protocol, State};
+use crate::routes::{Mode, Route};
+use crate::{proxy_protocol, terminate, State};
 
 /// TLS alert record `unrecognized_name` (fatal), sent before closing an unroutable connection.
 const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
@@ -71,10 +71,18 @@ struct Outcome {
 /// Runs one connection to the end and writes its access-log line.
 async fn handle(mut client: TcpStream, peer: SocketAddr, state: &State) {
     let start = Instant::now();
-    let bytes = relay::Bytes::default();
-    let o = route_and_relay(&mut client, peer, state, &bytes, start).await;
-    let up = bytes.up.into_inner();
-    let down = bytes.down.into_inner();
+    let bytes = Arc::new(relay::Bytes::default());
+    let o = match route_and_relay(&mut client, peer, state, &bytes, start).await {
+        Next::Done(o) => o,
+        Next::Terminate(mut o, route, hello, idle) => {
+            let b = Arc::clone(&bytes);
+            let t = &state.terminator;
+            (o.outcome, o.detail) = terminate::serve(t, client, hello, &route, peer, idle, b).await;
+            o
+        }
+    };
+    let up = bytes.up.load(std::sync::atomic::Ordering::Relaxed);
+    let down = bytes.down.load(std::sync::atomic::Ordering::Relaxed);
     state.metrics.connection(&o.route, o.outcome, up, down);
     info!(
         target: "access",
@@ -92,13 +100,21 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, state: &State) {
     );
 }
 
+/// Where a connection goes after routing: done here, or on to terminate mode.
+enum Next {
+    /// Relayed (or refused); nothing left to do.
+    Done(Outcome),
+    /// The route terminates TLS here: the socket and the hello go to `terminate::serve`.
+    Terminate(Outcome, Arc<Route>, Hello, Duration),
+}
+
 async fn route_and_relay(
     client: &mut TcpStream,
     peer: SocketAddr,
     state: &State,
     bytes: &relay::Bytes,
     start: Instant,
-) -> Outcome {
+) -> Next {
     let mut o = Outcome {
         route: "-".into(),
         sni: None,
@@ -130,7 +146,7 @@ async fn route_and_relay(
             }
             o.outcome = e.outcome();
             o.detail = Some(e.to_string());
-            return o;
+            return Next::Done(o);
         }
     };
     state.metrics.hello_time(start.elapsed());
@@ -148,11 +164,14 @@ async fn route_and_relay(
             "no_sni"
         };
         let _ = relay::write_all(client, &ALERT_UNRECOGNIZED_NAME).await;
-        return o;
+        return Next::Done(o);
     };
     drop(table);
     o.route = route.name.clone();
     o.backend = Some(route.backend);
+    if route.mode == Mode::Terminate {
+        return Next::Terminate(o, route, hello, limits.idle_timeout());
+    }
     let backend = match connect(&route, limits.connect_timeout()).await {
         Ok(b) => b,
         Err(e) => {
@@ -165,7 +184,7 @@ async fn route_and_relay(
             state.metrics.backend_error(&route.name);
             o.outcome = "backend_unreachable";
             o.detail = Some(e.to_string());
-            return o;
+            return Next::Done(o);
         }
     };
     let mut first = Vec::with_capacity(52 + hello.buffered.len());
@@ -179,7 +198,7 @@ async fn route_and_relay(
         state.metrics.backend_error(&route.name);
         o.outcome = "backend_error";
         o.detail = Some(e.to_string());
-        return o;
+        return Next::Done(o);
     }
     bytes
         .up
@@ -205,7 +224,7 @@ async fn route_and_relay(
             o.detail = Some(e.to_string());
         }
     }
-    o
+    Next::Done(o)
 }
 
 /// Opens the TCP connection to a route's backend within `timeout`.

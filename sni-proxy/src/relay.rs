@@ -99,7 +99,7 @@ async fn pipe(
 }
 
 /// Resolves once nothing was read for `idle` (as recorded in `last_ms`).
-async fn idle_watch(last_ms: &AtomicU64, start: Instant, idle: Duration) {
+pub async fn idle_watch(last_ms: &AtomicU64, start: Instant, idle: Duration) {
     loop {
         let last = Duration::from_millis(last_ms.load(Ordering::Relaxed));
         let deadline = start + last + idle;

@@ -21,6 +21,8 @@ pub struct Routes {
     table: RwLock<Arc<RouteTable>>,
     /// Serialises reloads and admin edits so two never interleave.
     edit: Mutex<()>,
+    /// Bumped on every swap, for those who follow the table (terminate-mode certificates).
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Routes {
@@ -31,6 +33,7 @@ impl Routes {
             path: path.to_owned(),
             table: RwLock::new(Arc::new(table)),
             edit: Mutex::new(()),
+            version: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -46,6 +49,12 @@ impl Routes {
 
     fn swap(&self, table: RouteTable) {
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that changes whenever a new table is swapped in.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Re-reads the file; on success the new table serves every new connection.

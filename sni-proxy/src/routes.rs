@@ -51,6 +51,33 @@ pub enum HttpMode {
     Forward,
 }
 
+/// How :443 serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Relay the TLS bytes to the tenant's own TLS server (default).
+    #[default]
+    Passthrough,
+    /// Terminate TLS here with an ACME certificate and forward HTTP to `backend`.
+    Terminate,
+}
+
+/// ACME account settings for terminate-mode routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSettings {
+    /// ACME directory URL.
+    pub directory: String,
+    /// Account contacts, e.g. `mailto:ops@example.com`.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Where accounts and certificates are cached (one sub-directory per name).
+    pub cache_dir: std::path::PathBuf,
+    /// Extra CA certificates (PEM) trusted for the directory's HTTPS, e.g. a test CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
 /// One route as written in the TOML file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +95,9 @@ pub struct RouteSpec {
     /// What :80 does with requests that are not ACME challenges.
     #[serde(default)]
     pub http: HttpMode,
+    /// `passthrough` (default) or `terminate` (then `backend` is the tenant's plain HTTP port).
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 /// Limits and timeouts; every field has a default, so the section may be left out.
@@ -137,6 +167,9 @@ pub struct RoutesFile {
     /// Optional backend for unknown or missing SNI; without it such connections are closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<DefaultBackend>,
+    /// ACME settings, needed when any route is in terminate mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeSettings>,
     /// The routes.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
@@ -155,6 +188,8 @@ pub struct Route {
     pub http_backend: Option<SocketAddr>,
     /// :80 behaviour.
     pub http: HttpMode,
+    /// :443 behaviour.
+    pub mode: Mode,
 }
 
 /// The validated table the listeners look names up in.
@@ -237,7 +272,20 @@ impl RouteTable {
                 proxy_protocol: spec.proxy_protocol,
                 http_backend: spec.http_backend,
                 http: spec.http,
+                mode: spec.mode,
             });
+            if spec.mode == Mode::Terminate {
+                if pattern.starts_with("*.") {
+                    return Err(invalid(format!(
+                        "route {pattern:?}: terminate mode needs an exact name (TLS-ALPN-01 issues no wildcard)"
+                    )));
+                }
+                if file.acme.is_none() {
+                    return Err(invalid(format!(
+                        "route {pattern:?} is in terminate mode but the file has no [acme] section"
+                    )));
+                }
+            }
             if spec.http == HttpMode::Forward && spec.http_backend.is_none() {
                 return Err(invalid(format!(
                     "route {pattern:?} has http = \"forward\" but no http_backend"
@@ -263,6 +311,7 @@ impl RouteTable {
                 proxy_protocol: d.proxy_protocol,
                 http_backend: None,
                 http: HttpMode::Redirect,
+                mode: Mode::Passthrough,
             })
         });
         table.source = file;
@@ -295,6 +344,11 @@ impl RouteTable {
     /// The route for a connection: the name's route, else the default backend if one is set.
     pub fn route_for(&self, name: Option<&str>) -> Option<&Arc<Route>> {
         name.and_then(|n| self.lookup(n)).or(self.default.as_ref())
+    }
+
+    /// Routes in terminate mode (always exact names).
+    pub fn terminate_routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact.values().filter(|r| r.mode == Mode::Terminate)
     }
 
     /// Number of routes (exact and wildcard), for logs.
@@ -386,6 +440,25 @@ http = "forward"
             .unwrap_err()
             .to_string()
             .contains("max_connections"));
+        let term = "[[route]]\nsni='a.b'\nbackend='127.0.0.1:1'\nmode='terminate'\n";
+        assert!(RouteTable::parse(term, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("[acme]"));
+        let acme = "[acme]\ndirectory='https://127.0.0.1:1/dir'\ncache_dir='/tmp/x'\n";
+        let wild = format!("{acme}[[route]]\nsni='*.b'\nbackend='127.0.0.1:1'\nmode='terminate'\n");
+        assert!(RouteTable::parse(&wild, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("exact name"));
+        let ok = format!("{acme}{term}");
+        assert_eq!(
+            RouteTable::parse(&ok, "t")
+                .unwrap()
+                .terminate_routes()
+                .count(),
+            1
+        );
         let fwd = "[[route]]\nsni='a.b'\nbackend='127.0.0.1:1'\nhttp='forward'\n";
         assert!(RouteTable::parse(fwd, "t")
             .unwrap_err()

@@ -329,17 +329,17 @@ pub struct Proxy {
 impl Proxy {
     /// Writes `routes_toml` and starts the proxy on loopback ephemeral ports with `extra` flags.
     pub fn start(dir: &TempDir, routes_toml: &str, extra: &[&str]) -> Proxy {
+        Self::start_on(dir, routes_toml, "127.0.0.1:0", extra)
+    }
+
+    /// Like `start`, with the TLS listener on `tls` (a port chosen in advance).
+    pub fn start_on(dir: &TempDir, routes_toml: &str, tls: &str, extra: &[&str]) -> Proxy {
         let routes = dir.join("routes.toml");
         std::fs::write(&routes, routes_toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sni-proxy"))
             .arg("--routes")
             .arg(&routes)
-            .args([
-                "--listen-tls",
-                "127.0.0.1:0",
-                "--listen-http",
-                "127.0.0.1:0",
-            ])
+            .args(["--listen-tls", tls, "--listen-http", "127.0.0.1:0"])
             .args([
                 "--metrics-listen",
                 "127.0.0.1:0",
