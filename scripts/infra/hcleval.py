@@ -14,6 +14,7 @@ Anything else raises HclEvalError.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -28,7 +29,13 @@ class HclEvalError(Exception):
 
 
 def load(path: Path) -> dict:
-    """Parse one HCL file with python-hcl2."""
+    """Parse one HCL file with python-hcl2 (cached per path and modification time)."""
+    path = Path(path)
+    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cached(path: str, _mtime_ns: int) -> dict:
     with open(path, encoding="utf-8") as fh:
         return hcl2.load(fh)
 
