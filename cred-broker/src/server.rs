@@ -19,7 +19,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::broker::{Broker, ErrorBody};
+use crate::broker::{AuditRecord, Broker, ErrorBody};
+use crate::metrics::{Outcome, NO_TENANT};
 use crate::registry::{RegisterOutcome, RegistryError, TenantSpec};
 use crate::sts::rfc3339;
 
@@ -55,28 +56,45 @@ fn json<T: Serialize>(status: u16, value: &T) -> Response<Body> {
     }
 }
 
+fn refuse_other(
+    broker: &Broker,
+    peer: IpAddr,
+    status: u16,
+    code: &'static str,
+    message: String,
+) -> Response<Body> {
+    broker.metrics().request(NO_TENANT, Outcome::BadRequest);
+    AuditRecord {
+        tenant: NO_TENANT.to_owned(),
+        token_id: NO_TENANT.to_owned(),
+        source: peer,
+        outcome: Outcome::BadRequest,
+        status,
+        cache: "-",
+        sts_latency: None,
+    }
+    .emit();
+    json_error(status, code, message)
+}
+
 async fn credentials_request(
     broker: Arc<Broker>,
     req: Request<Incoming>,
     peer: IpAddr,
 ) -> Response<Body> {
     if req.uri().path() != CREDENTIALS_PATH {
-        broker.metrics().request(
-            crate::metrics::NO_TENANT,
-            crate::metrics::Outcome::BadRequest,
-        );
-        return json_error(
+        return refuse_other(
+            &broker,
+            peer,
             404,
             "NotFound",
             format!("the only endpoint is GET {CREDENTIALS_PATH}"),
         );
     }
     if req.method() != Method::GET {
-        broker.metrics().request(
-            crate::metrics::NO_TENANT,
-            crate::metrics::Outcome::BadRequest,
-        );
-        return json_error(
+        return refuse_other(
+            &broker,
+            peer,
             405,
             "MethodNotAllowed",
             format!("use GET {CREDENTIALS_PATH}"),
