@@ -6,7 +6,7 @@ export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 .PHONY: test demo fmt-check clippy test-env unit build infra-check
 
 ## test: formatting, lints, the real test environment, then every test of the workspace.
-test: fmt-check clippy infra-check test-env
+test: fmt-check clippy test-env infra-check
 	set -a && . "$(ENV_FILE)" && set +a && cargo test --workspace
 
 fmt-check:

@@ -16,6 +16,7 @@ ip6tables-restore --test --noflush /etc/m8trx/iptables/host6.rules
 
 # The template with a sample tenant must compile (hostd renders the real ones).
 sed -e 's/{{NAME}}/sample/g' -e 's/{{PROFILE}}/m8trx-tenant-sample/g' -e 's#{{TENANTS_ROOT}}#/srv/m8trx/tenants#g' \
+  -e '/{{DENY_OTHER_TENANTS}}/d' \
   /etc/m8trx/apparmor/tenant.profile.tmpl >/tmp/m8trx-tenant-sample
 apparmor_parser --skip-kernel-load --skip-cache -Q /tmp/m8trx-tenant-sample
 rm -f /tmp/m8trx-tenant-sample

@@ -7,6 +7,8 @@ systemd-analyze verify, iptables-restore --test and apparmor_parser on the real 
 """
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,36 @@ def test_install_paths_of_profiles_audit_rules_and_sysctls():
         assert dest in text, dest
     for unit in UNITS.glob("*.service"):
         assert unit.name in text, f"{unit.name} is not installed by 30-m8trx.sh"
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    assert path, f"{tool} not found: scripts/test-env installs it (make test runs infra-check after test-env)"
+    return path
+
+
+def test_the_builders_apparmor_rendering_compiles(tmp_path):
+    """40-verify.sh renders the template with a sample tenant and compiles it; do the same here."""
+    tmpl = REPO / "apparmor" / "tenant.profile.tmpl"
+    verify = (PACKER / "scripts" / "40-verify.sh").read_text()
+    m = re.search(r"^(sed .*?)\s+/etc/m8trx/apparmor/tenant\.profile\.tmpl", verify, re.S | re.M)
+    assert m, "40-verify.sh no longer renders the AppArmor template with sed"
+    rendered = subprocess.run(["bash", "-c", m.group(1).rstrip().rstrip("\\") + ' "$1"', "sed", str(tmpl)], capture_output=True, text=True, check=True).stdout
+    assert "{{" not in rendered, f"placeholders left after the builder's rendering: {set(re.findall(r'{{[A-Z_]+}}', rendered))}"
+    (tmp_path / "m8trx-tenant-sample").write_text(rendered)
+    r = subprocess.run([need("apparmor_parser"), "--skip-kernel-load", "--skip-cache", "-Q", str(tmp_path / "m8trx-tenant-sample")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("tool,name", [("iptables-restore", "host.rules"), ("ip6tables-restore", "host6.rules")])
+def test_firewall_rules_load_with_iptables_restore_test(tool, name, tmp_path):
+    """iptables-restore --test checks every rule against this kernel's tables and matches
+    without committing. The broker user exists only on the image, so it is swapped for nobody."""
+    text = (PACKER / "files" / "iptables" / name).read_text().replace("--uid-owner m8trx-broker", "--uid-owner nobody")
+    (tmp_path / name).write_text(text)
+    r = subprocess.run([need(tool), "--test", "--noflush", str(tmp_path / name)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 # --- systemd units ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ SSM = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter"
 LEAVES = ["brain-key", "brain-customer-id", "brain-url", "tailscale-auth-key", "agent-fetch-pat", "agent-ui-password"]
 EC2 = f"arn:aws:ec2:{REGION}:{ACCOUNT}"
 VIA_EC2 = {"kms:ViaService": f"ec2.{REGION}.amazonaws.com", "kms:CallerAccount": ACCOUNT}
+ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 
 
 def host_principal(w):
@@ -100,7 +101,7 @@ def test_host_role_cannot_use_any_customer_key(world, action, via):
         d = decide(req, world.host.identity, world.host.boundary, c.key_policy, kms_key_policy=True)
         assert not d, f"host role may {action} on {c.name}'s key: {d.reason}"
         # Denied by the key policy on its own too, whatever IAM policy the host role gets later.
-        d_key_only = decide(req, [{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}], None, c.key_policy, kms_key_policy=True)
+        d_key_only = decide(req, [ADMIN], None, c.key_policy, kms_key_policy=True)
         assert not d_key_only and "resource policy" in d_key_only.reason, d_key_only.reason
 
 
@@ -267,9 +268,6 @@ def test_customer_uses_its_own_key_but_not_another_customers(world):
     assert not decide(key_request(p, "kms:CreateGrant", acme), acme.role.identity, acme.role.boundary, acme.key_policy, kms_key_policy=True)
 
 
-ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-
-
 @pytest.mark.parametrize(
     "action,resource",
     [
@@ -338,6 +336,9 @@ def test_control_creates_ebs_grants_on_customer_keys_only_for_aws_resources_thro
                       {"kms:ViaService": f"s3.{REGION}.amazonaws.com", "kms:GrantIsForAWSResource": "true"}]:
             d = decide(key_request(p, "kms:CreateGrant", c, extra), world.control.identity, None, c.key_policy, kms_key_policy=True)
             assert not d, (c.name, extra, d.reason)
+            # The key policy holds on its own, even if control's role were given everything.
+            d = decide(key_request(p, "kms:CreateGrant", c, extra), [ADMIN], None, c.key_policy, kms_key_policy=True)
+            assert not d, (c.name, extra, "key policy alone", d.reason)
 
 
 def test_control_never_decrypts_customer_data_directly(world):
@@ -346,6 +347,8 @@ def test_control_never_decrypts_customer_data_directly(world):
         for action in ["kms:Decrypt", "kms:GenerateDataKey", "kms:Encrypt"]:
             d = decide(key_request(p, action, c), world.control.identity, None, c.key_policy, kms_key_policy=True)
             assert not d, (c.name, action, d.reason)
+            d = decide(key_request(p, action, c), [ADMIN], None, c.key_policy, kms_key_policy=True)
+            assert not d, (c.name, action, "key policy alone", d.reason)
         # EBS itself may decrypt the volume's data key on control's behalf (CreateVolume, attach).
         d = decide(key_request(p, "kms:GenerateDataKeyWithoutPlaintext", c, VIA_EC2), world.control.identity, None, c.key_policy, kms_key_policy=True)
         assert d, d.reason
