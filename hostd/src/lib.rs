@@ -1,6 +1,6 @@
 //! hostd library: the pieces of the host daemon, kept in a library so tests and the
 //! `hostd ctl` CLI share them. Each module owns one responsibility.
 
+pub mod cgroup;
 pub mod policy;
-pub mod profiles;
 pub mod spec;
