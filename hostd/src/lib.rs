@@ -3,4 +3,5 @@
 
 pub mod cgroup;
 pub mod policy;
+pub mod profiles;
 pub mod spec;
