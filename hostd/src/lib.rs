@@ -5,3 +5,4 @@ pub mod cgroup;
 pub mod policy;
 pub mod profiles;
 pub mod spec;
+pub mod state;
