@@ -154,3 +154,34 @@ def test_every_checkov_skip_is_written_with_a_justification():
     readme = (REPO / "terraform" / "README.md").read_text()
     for _, check, _ in skips:
         assert check in readme, f"skip of {check} is not listed in terraform/README.md"
+
+
+TAGGABLE = {"aws_kms_key", "aws_iam_role", "aws_iam_policy", "aws_iam_instance_profile", "aws_instance", "aws_eip",
+            "aws_security_group", "aws_cloudwatch_log_group", "aws_dlm_lifecycle_policy"}
+
+
+@pytest.mark.parametrize("module_dir", [SHARED_HOST_DIR, CUSTOMER_ROLE_DIR], ids=lambda d: d.name)
+def test_every_taggable_resource_carries_the_module_tags(module_dir):
+    b = module_blocks(module_dir)
+    assert "m8trx:managed-by" in b["locals"]["tags"] and "var.tags" in b["locals"]["tags"]
+    for address, body in b["resource"].items():
+        if address.split(".")[0] in TAGGABLE:
+            assert "local.tags" in str(body.get("tags", "")), f"{address} does not carry local.tags"
+    if module_dir == CUSTOMER_ROLE_DIR:
+        assert "Customer = var.name" in b["locals"]["tags"]
+
+
+def test_example_tfvars_satisfy_the_module_validations():
+    tfvars = load(EXAMPLE_DIR / "example.tfvars")
+    cr = module_blocks(CUSTOMER_ROLE_DIR)["variable"]
+    sh = module_blocks(SHARED_HOST_DIR)["variable"]
+    name_re = _regex_of(cr["name"]["validation"][0]["condition"])
+    ext_re = _regex_of(cr["external_id"]["validation"][0]["condition"])
+    for name, c in tfvars["shared_customers"].items():
+        ext = unquote(c["external_id"])
+        assert re.fullmatch(name_re, unquote(name)) and re.fullmatch(ext_re, ext) and 32 <= len(ext) <= 1224
+    assert re.fullmatch(_regex_of(sh["ami_id"]["validation"][0]["condition"]), unquote(tfvars["shared_host_ami_id"]))
+    host_re = _regex_of(sh["hosts"]["validation"][0]["condition"])
+    assert all(re.fullmatch(host_re, unquote(h)) for h in tfvars["hosts"])
+    arn_re = _regex_of(sh["control_trusted_arns"]["validation"][0]["condition"])
+    assert all(re.match(arn_re, unquote(a)) for a in tfvars["control_trusted_arns"])
