@@ -173,6 +173,11 @@ fn install_writes_both_profiles_and_returns_the_references() {
             .collect();
         assert_eq!(names.len(), 1, "{sub}: {names:?}");
     }
+    // Destroy: the tenant's AppArmor profile goes, the shared seccomp profile stays; twice is fine.
+    hostd::profiles::uninstall(&name, &dir).unwrap();
+    assert!(!p.apparmor_path.exists());
+    assert!(p.seccomp_path.exists());
+    hostd::profiles::uninstall(&name, &dir).unwrap();
 }
 
 fn aa_exec(profile: &str, script: &str) -> std::process::Output {

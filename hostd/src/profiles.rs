@@ -483,7 +483,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ProfileError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // Unique per call, so concurrent installs of several tenants never share a temporary file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.tmp-{}-{seq}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(contents)?;
@@ -571,6 +574,21 @@ pub fn install(
         apparmor_profile,
         apparmor_loaded,
     })
+}
+
+/// Removes a tenant's AppArmor profile (unloading it where AppArmor is enabled); the shared
+/// seccomp profile stays for the other tenants. Idempotent: a tenant already gone is not an error.
+pub fn uninstall(name: &CustomerName, dir: &Path) -> Result<(), ProfileError> {
+    let path = dir.join("apparmor").join(apparmor_profile_name(name));
+    if !path.exists() {
+        return Ok(());
+    }
+    if apparmor_enabled() {
+        // Unload by name from the file; a profile that was never loaded makes the parser fail,
+        // which is fine here: the goal is that it is not loaded afterwards.
+        let _ = run_parser(&["--remove", &path.display().to_string()]);
+    }
+    std::fs::remove_file(&path).map_err(|source| ProfileError::Io { path, source })
 }
 
 #[cfg(test)]
