@@ -2,9 +2,9 @@
 
 It answers "would AWS allow this request?" for one account, following the documented
 evaluation logic: an explicit Deny anywhere wins; otherwise an identity policy or a
-resource policy must Allow; a permission boundary caps identity-based allows (and
-resource-policy allows that name the role rather than the session); KMS keys are special
-in that the key policy must allow, directly or by delegating to the account.
+resource policy must Allow; a permission boundary caps identity-based allows and
+resource-policy allows that name the role (not those naming the session); KMS keys are
+special in that the key policy must allow, directly or by delegating to the account.
 
 Anything outside the supported subset (an unknown condition operator, NotPrincipal, a
 policy variable it cannot resolve) raises UnsupportedPolicy instead of guessing, so a
@@ -220,16 +220,20 @@ def principal_matches(element, principal: Principal) -> bool:
     return False
 
 
-def _principal_is_account(element, principal: Principal) -> bool:
-    """Whether the Principal element matched only through the account (root) form."""
-    if not isinstance(element, dict):
-        return False
+def _how_named(element, principal: Principal) -> str:
+    """How a matching Principal element names the principal: 'session' (its assumed-role
+    session ARN, or '*'), 'role' (the role ARN, or a service principal), or 'account'
+    (the account, which delegates the decision to the principal's own policies)."""
+    if element == "*":
+        return "session"
     if principal.service and principal.service in _as_list(element.get("Service")):
-        return False
-    for v in _as_list(element.get("AWS")):
-        if v in (principal.role_arn, principal.session_arn) or v == "*":
-            return False
-    return True
+        return "role"
+    values = _as_list(element.get("AWS"))
+    if "*" in values or (principal.session_arn and principal.session_arn in values):
+        return "session"
+    if principal.role_arn and principal.role_arn in values:
+        return "role"
+    return "account"
 
 
 def statement_applies(stmt: dict, req: Request, ctx: dict, *, resource_policy: bool) -> bool:
@@ -282,22 +286,21 @@ def evaluate(policy: dict, req: Request, *, resource_policy: bool = False) -> tu
     return denied, allowed, sids
 
 
-def _resource_allow(policy: dict | None, req: Request) -> tuple[bool, bool, bool]:
-    """(denied, allowed directly by naming the role or session, allowed via account delegation)."""
+def _resource_allow(policy: dict | None, req: Request) -> tuple[bool, set[str]]:
+    """(explicitly denied, how the allowing statements name the principal)."""
     if policy is None:
-        return False, False, False
+        return False, set()
     ctx = req.full_context()
-    denied = direct = via_account = False
+    denied = False
+    named: set[str] = set()
     for stmt in _as_list(policy["Statement"]):
         if not statement_applies(stmt, req, ctx, resource_policy=True):
             continue
         if stmt["Effect"] == "Deny":
             denied = True
-        elif _principal_is_account(stmt["Principal"], req.principal):
-            via_account = True
         else:
-            direct = True
-    return denied, direct, via_account
+            named.add(_how_named(stmt["Principal"], req.principal))
+    return denied, named
 
 
 @dataclass
@@ -319,10 +322,14 @@ def decide(
     *,
     kms_key_policy: bool = False,
 ) -> Decision:
-    """Single-account AWS evaluation: explicit deny, then resource/identity allows, capped by the boundary.
+    """Single-account AWS evaluation for a role session.
 
-    The boundary caps resource-policy allows too, also those naming the session (AWS lets
-    those through): stricter than AWS, never looser.
+    An explicit Deny anywhere denies. A resource policy naming the session ARN allows on its
+    own; one naming the role ARN allows within the permission boundary (the identity policy
+    is not needed); one naming the account only delegates, so the identity policy must allow,
+    within the boundary. Without a resource policy the identity policy must allow within the
+    boundary. A KMS key policy must allow in one of those three ways; an identity policy
+    alone never reaches a key.
     """
     identity = list(identity)
     for pol in identity:
@@ -335,22 +342,22 @@ def decide(
             return Decision(False, f"explicit deny in permission boundary ({sids})")
     else:
         b_allow = True
-    r_denied, r_direct, r_account = _resource_allow(resource_policy, req)
+    r_denied, named = _resource_allow(resource_policy, req)
     if r_denied:
         return Decision(False, "explicit deny in resource policy")
     id_allow = any(evaluate(pol, req)[1] for pol in identity)
-    if kms_key_policy:
-        if resource_policy is None:
-            raise UnsupportedPolicy("a KMS decision needs the key policy")
-        if r_direct and b_allow:
-            return Decision(True, "key policy names the principal")
-        if r_account and id_allow and b_allow:
-            return Decision(True, "key policy delegates to the account and identity policy allows")
+    if kms_key_policy and resource_policy is None:
+        raise UnsupportedPolicy("a KMS decision needs the key policy")
+    if "session" in named:
+        return Decision(True, "resource policy names the session")
+    if "role" in named:
+        if b_allow:
+            return Decision(True, "resource policy names the role, within the boundary")
+        return Decision(False, "resource policy names the role but the permission boundary does not allow")
+    if kms_key_policy and "account" not in named:
         return Decision(False, "key policy does not allow this principal")
-    if r_direct and b_allow:
-        return Decision(True, "resource policy names the principal")
     if id_allow and b_allow:
-        return Decision(True, "identity policy allows within the boundary")
+        return Decision(True, "identity policy allows within the boundary" + (" (key policy delegates)" if kms_key_policy else ""))
     if id_allow and not b_allow:
         return Decision(False, "identity policy allows but the permission boundary does not")
     return Decision(False, "no statement allows (implicit deny)")
@@ -371,8 +378,8 @@ def assume_role(
     source_identity: str | None = None,
 ) -> Decision:
     """sts:AssumeRole as AWS authorises it: AssumeRole, plus TagSession when tags are passed
-    and SetSourceIdentity when a source identity is set, each allowed by both the caller's
-    policies and the role's trust policy."""
+    and SetSourceIdentity when a source identity is set, each allowed by the role's trust
+    policy and, on the caller's side, as decide() describes for a resource policy."""
     ctx: dict = {"sts:RoleSessionName": session_name}
     for k, v in role_tags.items():
         ctx[f"aws:ResourceTag/{k}"] = v
@@ -394,11 +401,24 @@ def assume_role(
     identity = list(caller_identity)
     for action in actions:
         req = Request(caller, action, role_arn, ctx)
-        r_denied, r_direct, r_account = _resource_allow(trust_policy, req)
+        r_denied, named = _resource_allow(trust_policy, req)
         if r_denied:
             return Decision(False, f"{action}: explicit deny in trust policy")
-        if not (r_direct or r_account):
+        if not named:
             return Decision(False, f"{action}: trust policy does not allow")
+        if "session" in named:
+            continue
+        if "role" in named:
+            # The trust names the caller's role: its own policy is not needed, its boundary is.
+            if caller_boundary is not None:
+                d, b_allow, sids = evaluate(caller_boundary, req)
+                if d or not b_allow:
+                    return Decision(False, f"{action}: caller side: permission boundary does not allow ({sids})")
+            for pol in identity:
+                d, _, sids = evaluate(pol, req)
+                if d:
+                    return Decision(False, f"{action}: caller side: explicit deny in identity policy ({sids})")
+            continue
         caller_side = decide(req, identity, caller_boundary)
         if not caller_side:
             return Decision(False, f"{action}: caller side: {caller_side.reason}")

@@ -87,3 +87,20 @@ def test_assume_role_needs_tag_session_when_tags_are_passed():
     assert assume_role(P, "arn:aws:iam::1:role/t", {}, trust, caller, None, **kw)
     assert not assume_role(P, "arn:aws:iam::1:role/t", {}, trust, caller, None, session_tags={"Customer": "a"}, **kw)
     assert not assume_role(P, "arn:aws:iam::1:role/t", {}, trust, caller, None, source_identity="h", **kw)
+
+
+def test_resource_policy_naming_role_session_or_account():
+    """Same account: naming the session allows alone; naming the role needs the boundary but
+    not the identity policy; naming the account delegates to the identity policy."""
+    def res(principal):
+        return pol({"Effect": "Allow", "Principal": {"AWS": principal}, "Action": "s3:GetObject", "Resource": "*"})
+
+    req = Request(P, "s3:GetObject", "arn:aws:s3:::b/k")
+    narrow = pol(allow("ssm:*"))
+    assert decide(req, [], narrow, res(P.session_arn))
+    assert decide(req, [], None, res(P.role_arn))
+    assert not decide(req, [], narrow, res(P.role_arn))
+    assert not decide(req, [], None, res("arn:aws:iam::111122223333:root"))
+    assert decide(req, [pol(allow("s3:*"))], None, res("arn:aws:iam::111122223333:root"))
+    # A KMS key is reached only through its key policy.
+    assert not decide(req, [pol(allow("*"))], None, pol({"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::1:role/x"}, "Action": "*", "Resource": "*"}), kms_key_policy=True)
