@@ -248,8 +248,8 @@ const ABSENT_FROM_DEV_KERNEL: [&str; 3] = [
     "kernel.sysrq",
 ];
 
-#[test]
-fn sysctls_have_the_shared_host_values_each_with_a_reason() {
+/// key -> (value, optional) from the sysctl.d file; panics on a setting without a reason above it.
+fn sysctls() -> BTreeMap<String, (String, bool)> {
     let text = read("packer/files/sysctl/99-m8trx-shared-host.conf");
     let mut settings: BTreeMap<String, (String, bool)> = BTreeMap::new();
     let mut previous_was_comment = false;
@@ -281,7 +281,12 @@ fn sysctls_have_the_shared_host_values_each_with_a_reason() {
         );
         previous_was_comment = false;
     }
+    settings
+}
 
+#[test]
+fn sysctls_have_the_shared_host_values_each_with_a_reason() {
+    let settings = sysctls();
     let expect = [
         ("kernel.yama.ptrace_scope", "2"),
         ("kernel.kptr_restrict", "2"),
@@ -340,5 +345,47 @@ fn sysctls_have_the_shared_host_values_each_with_a_reason() {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
+    );
+}
+
+#[test]
+fn network_sysctls_are_accepted_by_the_kernel_in_a_throwaway_netns() {
+    // net.ipv4.* and net.ipv6.* are per network namespace: write each value in a new one (the
+    // host's own settings stay untouched) and read it back, proving the kernel accepts it.
+    m8trx_e2e::require_root();
+    let settings = sysctls();
+    let net: Vec<(&String, &String)> = settings
+        .iter()
+        .filter(|(k, _)| k.starts_with("net.ipv4.") || k.starts_with("net.ipv6."))
+        .map(|(k, (v, _))| (k, v))
+        .collect();
+    assert!(net.len() >= 15, "too few network settings: {net:?}");
+    let script: String = net
+        .iter()
+        .map(|(k, v)| {
+            let path = format!("/proc/sys/{}", k.replace('.', "/"));
+            format!("if echo '{v}' > {path}; then echo \"SET {k} $(cat {path})\"; else echo \"FAIL {k}\"; fi\n")
+        })
+        .collect();
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .output()
+        .expect("running unshare -n");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (k, v) in &net {
+        assert!(
+            text.lines().any(|l| l == format!("SET {k} {v}")),
+            "{k} = {v} not accepted in a fresh netns:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!(
+        "{} network sysctls written and read back in a throwaway netns",
+        net.len()
     );
 }
