@@ -241,6 +241,8 @@ pub async fn get(
 /// A moto server of the test's own on a loopback port, so a test can stop it; killed on drop.
 pub struct OwnMoto {
     child: Option<Child>,
+    /// Its address.
+    pub ip: IpAddr,
     /// Its port.
     pub port: u16,
     log: PathBuf,
@@ -249,15 +251,16 @@ pub struct OwnMoto {
 impl OwnMoto {
     /// Starts moto_server from the test venv on 127.0.0.1:`port` (0: pick one).
     pub async fn start(port: u16) -> Self {
-        let port = if port == 0 {
-            free_port("127.0.0.1".parse().unwrap())
-        } else {
-            port
-        };
+        Self::start_on("127.0.0.1".parse().unwrap(), port).await
+    }
+
+    /// Starts moto_server from the test venv on `ip`:`port` (0: pick one).
+    pub async fn start_on(ip: IpAddr, port: u16) -> Self {
+        let port = if port == 0 { free_port(ip) } else { port };
         let log = scratch("moto").join("moto.log");
         let bin = format!("{}/bin/moto_server", env("M8TRX_VENV"));
         let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", &ip.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
@@ -265,14 +268,12 @@ impl OwnMoto {
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         let m = OwnMoto {
             child: Some(child),
+            ip,
             port,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
+        while tokio::net::TcpStream::connect((ip, port)).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "own moto server did not start on port {port}; log {}",
@@ -285,7 +286,7 @@ impl OwnMoto {
 
     /// Its endpoint URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", SocketAddr::new(self.ip, self.port))
     }
 
     /// Kills it and waits until the port refuses connections.
