@@ -491,3 +491,83 @@ async fn sts_down_serves_cached_credentials_until_the_floor_then_503_and_recover
     assert_eq!(s, 200, "{b}");
     assert_ne!(b["AccessKeyId"], first["AccessKeyId"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_registers_mints_into_a_token_file_lists_and_revokes() {
+    use std::os::unix::fs::MetadataExt;
+    let broker = Broker::start(lo(), &env("M8TRX_MOTO_ENDPOINT"), &[]).await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cred-broker"))
+            .arg("admin")
+            .arg("--socket")
+            .arg(&broker.admin_socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let arn = role_arn("acme");
+    let (ok, out, err) = cli(&[
+        "register",
+        "acme",
+        "--role-arn",
+        &arn,
+        "--external-id",
+        "ext-acme-0001",
+        "--allowed-cidr",
+        "127.0.0.0/8",
+    ]);
+    assert!(ok && out.contains("\"created\""), "{out}{err}");
+    let file = broker.dir.join("tok");
+    let file_s = file.to_str().unwrap();
+    let (ok, out, err) = cli(&[
+        "mint",
+        "acme",
+        "--ttl-secs",
+        "600",
+        "--token-file",
+        file_s,
+        "--owner",
+        "4242:4343",
+    ]);
+    assert!(ok, "{out}{err}");
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !out.contains(&token),
+        "the token is written to the file, not printed: {out}"
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid(), meta.gid()),
+        (0o400, 4242, 4343)
+    );
+    assert_eq!(
+        get(broker.addr, "/v1/credentials", Some(&token), None)
+            .await
+            .0,
+        200
+    );
+
+    let (ok, out, _) = cli(&["list"]);
+    assert!(ok && out.contains(&arn) && !out.contains(&token), "{out}");
+    let (ok, out, err) = cli(&["revoke", "acme", "--all"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        get(broker.addr, "/v1/credentials", Some(&token), None)
+            .await
+            .0,
+        401
+    );
+    // Refusals come back as the broker's message, with a failing exit status.
+    let (ok, _, err) = cli(&["mint", "ghost", "--ttl-secs", "60"]);
+    assert!(!ok && err.contains("no tenant named \"ghost\""), "{err}");
+    let (ok, out, _) = cli(&["metrics"]);
+    assert!(
+        ok && out.contains("m8trx_broker_requests_total{tenant=\"acme\",outcome=\"ok\"} 1"),
+        "{out}"
+    );
+}
