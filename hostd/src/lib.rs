@@ -2,6 +2,8 @@
 //! `hostd ctl` CLI share them. Each module owns one responsibility.
 
 pub mod cgroup;
+pub mod engine;
+pub mod ids;
 pub mod policy;
 pub mod profiles;
 pub mod spec;
