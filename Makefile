@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE ?= /var/lib/m8trx-test/env
 export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 
-.PHONY: test demo fmt-check clippy test-env unit build infra-check
+.PHONY: test demo fmt-check clippy test-env unit build infra-check bench-proxy
 
 ## test: formatting, lints, the real test environment, then every test of the workspace.
 test: fmt-check clippy test-env infra-check
@@ -25,6 +25,10 @@ test-env:
 
 build:
 	cargo build --workspace --release
+
+## bench-proxy: sni-proxy vs HAProxy, nginx stream, sniproxy and direct on loopback (not part of test).
+bench-proxy: test-env
+	cargo bench -p sni-proxy --bench compare
 
 ## demo: a local shared host with two demo tenants (needs issues #3-#6; says so until then).
 demo: build
