@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod engine;
 pub mod ids;
+pub mod network;
 pub mod policy;
 pub mod profiles;
 pub mod spec;
