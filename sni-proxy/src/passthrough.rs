@@ -72,12 +72,37 @@ struct Outcome {
 async fn handle(mut client: TcpStream, peer: SocketAddr, state: &State) {
     let start = Instant::now();
     let bytes = Arc::new(relay::Bytes::default());
-    let o = match route_and_relay(&mut client, peer, state, &bytes, start).await {
+    // Boxed: routing state is freed before the long relay, which keeps idle tasks small.
+    let o = match Box::pin(route(&mut client, peer, state, &bytes, start)).await {
         Next::Done(o) => o,
+        Next::Relay(mut o, route, backend, idle) => {
+            match relay::relay(&client, &backend, idle, &bytes).await {
+                RelayEnd::Closed => o.outcome = "closed",
+                RelayEnd::Idle => {
+                    warn!(target: "limit", limit = "idle_timeout", timeout_s = idle.as_secs(),
+                          route = %route.name, client = %peer, "limit hit: connection idle, closing");
+                    state.metrics.limit_hit("idle_timeout");
+                    o.outcome = "idle_timeout";
+                }
+                RelayEnd::Error(side, e) => {
+                    o.outcome = match side {
+                        Side::Client => "client_error",
+                        Side::Backend => {
+                            state.metrics.backend_error(&route.name);
+                            "backend_error"
+                        }
+                    };
+                    o.detail = Some(e.to_string());
+                }
+            }
+            o
+        }
         Next::Terminate(mut o, route, hello, idle) => {
             let b = Arc::clone(&bytes);
             let t = &state.terminator;
-            (o.outcome, o.detail) = terminate::serve(t, client, hello, &route, peer, idle, b).await;
+            // Boxed: its state (TLS, HTTP) must not size every passthrough task.
+            (o.outcome, o.detail) =
+                Box::pin(terminate::serve(t, client, hello, &route, peer, idle, b)).await;
             o
         }
     };
@@ -102,13 +127,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, state: &State) {
 
 /// Where a connection goes after routing: done here, or on to terminate mode.
 enum Next {
-    /// Relayed (or refused); nothing left to do.
+    /// Refused or failed; nothing left to do.
     Done(Outcome),
+    /// Connected, first bytes sent: relay until the end.
+    Relay(Outcome, Arc<Route>, TcpStream, Duration),
     /// The route terminates TLS here: the socket and the hello go to `terminate::serve`.
     Terminate(Outcome, Arc<Route>, Hello, Duration),
 }
 
-async fn route_and_relay(
+/// Admits nothing new: reads the hello, routes, connects and sends the first bytes.
+async fn route(
     client: &mut TcpStream,
     peer: SocketAddr,
     state: &State,
@@ -126,11 +154,13 @@ async fn route_and_relay(
     let _ = client.set_nodelay(true);
     let table = state.routes.current();
     let limits = table.limits.clone();
-    let hello = match read_client_hello(
+    // Boxed, like the connect below: the parser's state is freed once the hello is in,
+    // so an idle relayed connection's task stays small.
+    let hello = match Box::pin(read_client_hello(
         client,
         limits.max_client_hello_bytes,
         limits.client_hello_timeout(),
-    )
+    ))
     .await
     {
         Ok(h) => h,
@@ -172,7 +202,7 @@ async fn route_and_relay(
     if route.mode == Mode::Terminate {
         return Next::Terminate(o, route, hello, limits.idle_timeout());
     }
-    let backend = match connect(&route, limits.connect_timeout()).await {
+    let backend = match Box::pin(connect(&route, limits.connect_timeout())).await {
         Ok(b) => b,
         Err(e) => {
             if e.kind() == std::io::ErrorKind::TimedOut {
@@ -204,27 +234,7 @@ async fn route_and_relay(
         .up
         .store(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
     drop(first);
-    let idle = limits.idle_timeout();
-    match relay::relay(client, &backend, idle, bytes).await {
-        RelayEnd::Closed => o.outcome = "closed",
-        RelayEnd::Idle => {
-            warn!(target: "limit", limit = "idle_timeout", timeout_s = idle.as_secs(), route = %route.name,
-                  client = %peer, "limit hit: connection idle, closing");
-            state.metrics.limit_hit("idle_timeout");
-            o.outcome = "idle_timeout";
-        }
-        RelayEnd::Error(side, e) => {
-            o.outcome = match side {
-                Side::Client => "client_error",
-                Side::Backend => {
-                    state.metrics.backend_error(&route.name);
-                    "backend_error"
-                }
-            };
-            o.detail = Some(e.to_string());
-        }
-    }
-    Next::Done(o)
+    Next::Relay(o, route, backend, limits.idle_timeout())
 }
 
 /// Opens the TCP connection to a route's backend within `timeout`.
@@ -239,4 +249,33 @@ async fn connect(route: &Route, timeout: Duration) -> std::io::Result<TcpStream>
         })??;
     let _ = s.set_nodelay(true);
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle relayed connection costs its task's future: keep it small (see benches/compare.rs).
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let c = tokio::net::TcpStream::connect(a).await.unwrap();
+        let p = std::env::temp_dir().join(format!("size-probe-{}.toml", std::process::id()));
+        std::fs::write(&p, "").unwrap();
+        let routes = std::sync::Arc::new(crate::reload::Routes::load(&p).unwrap());
+        let _ = std::fs::remove_file(&p);
+        let state = crate::State {
+            routes,
+            limiter: Default::default(),
+            metrics: Default::default(),
+            terminator: Default::default(),
+        };
+        let f = super::handle(c, a, &state);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 1024, "connection future grew to {size} bytes");
+        let c2 = tokio::net::TcpStream::connect(a).await.unwrap();
+        let b = crate::relay::Bytes::default();
+        let r = crate::relay::relay(&c2, &c2, std::time::Duration::from_secs(1), &b);
+        let size = std::mem::size_of_val(&r);
+        assert!(size <= 256, "relay future grew to {size} bytes");
+    }
 }

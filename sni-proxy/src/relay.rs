@@ -4,9 +4,12 @@
 //! the opposite direction goes on. A connection with no byte either way for the idle timeout
 //! is closed. A buffer is held only while data flows, so an idle connection costs no buffer.
 
+use std::future::Future;
 use std::io::{self, ErrorKind};
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -57,43 +60,74 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// One direction: read from `from`, write to `to`, shut `to`'s write half at EOF.
-async fn pipe(
-    from: &TcpStream,
-    to: &TcpStream,
-    count: &AtomicU64,
-    last_ms: &AtomicU64,
-    start: Instant,
-    from_side: Side,
-) -> Result<(), (Side, io::Error)> {
-    let to_side = match from_side {
-        Side::Client => Side::Backend,
-        Side::Backend => Side::Client,
-    };
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        from.readable().await.map_err(|e| (from_side, e))?;
-        if buf.capacity() == 0 {
-            buf = Vec::with_capacity(BUF);
-        }
-        buf.clear();
-        match from.try_read_buf(&mut buf) {
-            Ok(0) => {
-                // FIN from `from`: pass it on, keep the other direction open.
+/// One direction of the relay: what was read and not yet written, and how far it got.
+#[derive(Default)]
+struct Dir {
+    /// Copy buffer; no capacity while the source has nothing to read.
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+    /// The source sent FIN.
+    eof: bool,
+    /// FIN passed on: this direction is finished.
+    done: bool,
+}
+
+impl Dir {
+    /// Moves bytes from `from` to `to` until both would block, or the direction ends.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        sides: (Side, Side),
+        count: &AtomicU64,
+        active: &mut bool,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        let (from_side, to_side) = sides;
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.pos < self.buf.len() {
+                if let Err(e) = ready!(to.poll_write_ready(cx)) {
+                    return Poll::Ready(Err((to_side, e)));
+                }
+                match to.try_write(&self.buf[self.pos..]) {
+                    Ok(n) => {
+                        self.pos += n;
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                        *active = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err((to_side, e))),
+                }
+                continue;
+            }
+            if self.eof {
+                // FIN from `from`: pass it on, the other direction stays open.
+                self.done = true;
                 return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == ErrorKind::NotConnected => Ok(()),
-                    Err(e) => Err((to_side, e)),
+                    Ok(()) => Poll::Ready(Ok(())),
+                    Err(e) if e.kind() == ErrorKind::NotConnected => Poll::Ready(Ok(())),
+                    Err(e) => Poll::Ready(Err((to_side, e))),
                 };
             }
-            Ok(n) => {
-                last_ms.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-                write_all(to, &buf[..n]).await.map_err(|e| (to_side, e))?;
-                count.fetch_add(n as u64, Ordering::Relaxed);
+            if let Err(e) = ready!(from.poll_read_ready(cx)) {
+                return Poll::Ready(Err((from_side, e)));
             }
-            // Drained: give the buffer back while waiting, idle connections hold none.
-            Err(e) if e.kind() == ErrorKind::WouldBlock => buf = Vec::new(),
-            Err(e) => return Err((from_side, e)),
+            if self.buf.capacity() == 0 {
+                self.buf = Vec::with_capacity(BUF);
+            }
+            self.buf.clear();
+            self.pos = 0;
+            match from.try_read_buf(&mut self.buf) {
+                Ok(0) => self.eof = true,
+                Ok(_) => *active = true,
+                // Drained: give the buffer back while waiting, idle connections hold none.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.buf = Vec::new(),
+                Err(e) => return Poll::Ready(Err((from_side, e))),
+            }
         }
     }
 }
@@ -110,6 +144,64 @@ pub async fn idle_watch(last_ms: &AtomicU64, start: Instant, idle: Duration) {
     }
 }
 
+/// The relay as one hand-written future: small, so many idle connections cost little.
+struct Relay<'a> {
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    up: Dir,
+    down: Dir,
+    bytes: &'a Bytes,
+    idle: Duration,
+    last: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Future for Relay<'_> {
+    type Output = RelayEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let this = self.get_mut();
+        let mut active = false;
+        let up = this.up.poll(
+            cx,
+            this.client,
+            this.backend,
+            (Side::Client, Side::Backend),
+            &this.bytes.up,
+            &mut active,
+        );
+        if let Poll::Ready(Err((side, e))) = up {
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        let down = this.down.poll(
+            cx,
+            this.backend,
+            this.client,
+            (Side::Backend, Side::Client),
+            &this.bytes.down,
+            &mut active,
+        );
+        if let Poll::Ready(Err((side, e))) = down {
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        if up.is_ready() && down.is_ready() {
+            return Poll::Ready(RelayEnd::Closed);
+        }
+        if active {
+            this.last = Instant::now();
+        }
+        // The timer is moved only when it fires: activity just records the time.
+        while this.timer.as_mut().poll(cx).is_ready() {
+            let deadline = this.last + this.idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(RelayEnd::Idle);
+            }
+            this.timer.as_mut().reset(deadline.into());
+        }
+        Poll::Pending
+    }
+}
+
 /// Relays between `client` and `backend` until both close, one fails, or they go idle.
 pub async fn relay(
     client: &TcpStream,
@@ -117,17 +209,18 @@ pub async fn relay(
     idle: Duration,
     bytes: &Bytes,
 ) -> RelayEnd {
-    let start = Instant::now();
-    let last_ms = AtomicU64::new(0);
-    let up = pipe(client, backend, &bytes.up, &last_ms, start, Side::Client);
-    let down = pipe(backend, client, &bytes.down, &last_ms, start, Side::Backend);
-    tokio::select! {
-        r = async { tokio::try_join!(up, down) } => match r {
-            Ok(_) => RelayEnd::Closed,
-            Err((side, e)) => RelayEnd::Error(side, e),
-        },
-        _ = idle_watch(&last_ms, start, idle) => RelayEnd::Idle,
+    let last = Instant::now();
+    Relay {
+        client,
+        backend,
+        up: Dir::default(),
+        down: Dir::default(),
+        bytes,
+        idle,
+        last,
+        timer: Box::pin(tokio::time::sleep_until((last + idle).into())),
     }
+    .await
 }
 
 #[cfg(test)]
