@@ -6,149 +6,35 @@
 //! engine's resident memory.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptionsBuilder, ImportImageOptionsBuilder};
-use futures_util::StreamExt;
-use hostd::cgroup::{CgroupFs, Limits};
-use hostd::engine::{self, Engine, EngineConfig};
-use hostd::ids;
+use bollard::query_parameters::CreateContainerOptionsBuilder;
+use hostd::cgroup::Limits;
+use hostd::engine::Engine;
+use m8trx_e2e::tenant::{load_image, Tenant};
 use m8trx_e2e::{docker, env, parse_status, require_root};
-use m8trx_spec::CustomerName;
-
-/// Removes everything the test made, even after a failed assertion.
-struct Tenant {
-    cfg: EngineConfig,
-    user: String,
-}
-
-impl Tenant {
-    /// What destroy must do; returns what is left, which must be nothing.
-    async fn teardown(&self) -> Vec<String> {
-        engine::purge(&self.cfg, true).await.unwrap();
-        if let Ok(fs) = CgroupFs::detect() {
-            fs.tenant(self.cfg.name.as_str()).remove().unwrap();
-        }
-        ids::remove_range("/etc/subuid".as_ref(), &self.user).unwrap();
-        ids::remove_range("/etc/subgid".as_ref(), &self.user).unwrap();
-        ids::remove_user(&self.user).unwrap();
-        leftovers(&self.cfg, &self.user)
-    }
-}
-
-fn leftovers(cfg: &EngineConfig, user: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    for m in engine::mounts_below(&cfg.data_root)
-        .into_iter()
-        .chain(engine::mounts_below(&cfg.exec_root()))
-    {
-        left.push(format!("mount {}", m.display()));
-    }
-    for p in [cfg.data_root.clone(), cfg.exec_root(), cfg.socket()] {
-        if p.exists() {
-            left.push(format!("path {}", p.display()));
-        }
-    }
-    let ns = Command::new("ctr")
-        .args([
-            "--address",
-            &env("M8TRX_CONTAINERD_SOCKET"),
-            "namespaces",
-            "ls",
-            "-q",
-        ])
-        .output()
-        .unwrap();
-    for n in String::from_utf8_lossy(&ns.stdout).split_whitespace() {
-        if n.starts_with(&cfg.containerd_namespace()) {
-            left.push(format!("containerd namespace {n}"));
-        }
-    }
-    if ids::user_exists(user).unwrap() {
-        left.push(format!("user {user}"));
-    }
-    for f in ["/etc/subuid", "/etc/subgid"] {
-        if std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with(&format!("{user}:")))
-        {
-            left.push(format!("{f} line"));
-        }
-    }
-    if CgroupFs::detect()
-        .unwrap()
-        .tenant(cfg.name.as_str())
-        .exists()
-    {
-        left.push("cgroup".into());
-    }
-    if Engine::adopt(cfg.clone()).is_some() {
-        left.push("engine process".into());
-    }
-    left
-}
-
-impl Drop for Tenant {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // The assertion failed mid-way: clean up on a fresh runtime, best effort.
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let cfg = self.cfg.clone();
-                let _ = rt.block_on(engine::purge(&cfg, true));
-            }
-            if let Ok(fs) = CgroupFs::detect() {
-                let _ = fs.tenant(self.cfg.name.as_str()).remove();
-            }
-            let _ = ids::remove_range("/etc/subuid".as_ref(), &self.user);
-            let _ = ids::remove_range("/etc/subgid".as_ref(), &self.user);
-            let _ = ids::remove_user(&self.user);
-        }
-    }
-}
 
 #[tokio::test]
 async fn tenant_engine_remaps_root_charges_its_cgroup_and_survives_restart() {
     require_root();
-    let name = CustomerName::parse(&format!("e2e-{}", std::process::id())).unwrap();
-    let user = name.host_user();
-    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
-    let subgid = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
-    let slot = ids::free_slot(&[], &[&subuid, &subgid]).unwrap();
-    let base = ids::range_base(slot);
-    let cfg = EngineConfig {
-        name: name.clone(),
-        data_root: PathBuf::from(format!("/var/lib/m8trx-e2e/engines/{name}")),
-        run_root: PathBuf::from("/run/m8trx-e2e/engines"),
-        containerd: env("M8TRX_CONTAINERD_SOCKET").into(),
-        cgroup_parent: format!("/m8trx/{name}"),
-        subnet: ids::subnet(slot),
-        seccomp_profile: None,
-        log: PathBuf::from(env("M8TRX_TEST_HOME")).join(format!("log/engine-{name}.log")),
-        dockerd: "dockerd".into(),
-    };
-    let tenant = Tenant {
-        cfg: cfg.clone(),
-        user: user.clone(),
-    };
-
-    ids::ensure_user(&user).unwrap();
-    ids::ensure_range("/etc/subuid".as_ref(), &user, base).unwrap();
-    ids::ensure_range("/etc/subgid".as_ref(), &user, base).unwrap();
-    let cg = CgroupFs::detect().unwrap().tenant(name.as_str());
-    cg.apply(&Limits {
-        cpu: 1.0,
-        memory: 512 << 20,
-        pids: 512,
-        io: vec![],
-    })
-    .unwrap();
+    let tenant = Tenant::provision(
+        "e2e",
+        &Limits {
+            cpu: 1.0,
+            memory: 512 << 20,
+            pids: 512,
+            io: vec![],
+        },
+    );
+    let (cfg, name, user, base) = (
+        tenant.cfg.clone(),
+        tenant.cfg.name.clone(),
+        tenant.user.clone(),
+        tenant.base,
+    );
+    let cg = tenant.cgroup();
     assert_eq!(cg.docker_parent(), cfg.cgroup_parent);
 
     let mut engine = Engine::start(cfg.clone()).unwrap();
@@ -156,15 +42,7 @@ async fn tenant_engine_remaps_root_charges_its_cgroup_and_survives_restart() {
 
     // No registry: the image arrives as a tarball, as on an air-gapped host.
     let image = env("M8TRX_IMAGE_BUSYBOX");
-    let main = docker().await;
-    let mut load = d.import_image_stream(
-        ImportImageOptionsBuilder::default().build(),
-        main.export_image(&image),
-        None,
-    );
-    while let Some(step) = load.next().await {
-        step.unwrap();
-    }
+    load_image(&docker().await, &d, &image).await;
     let created = d
         .create_container(
             Some(

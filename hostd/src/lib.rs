@@ -2,6 +2,7 @@
 //! `hostd ctl` CLI share them. Each module owns one responsibility.
 
 pub mod cgroup;
+pub mod compose;
 pub mod engine;
 pub mod ids;
 pub mod network;

@@ -2,6 +2,8 @@
 //! `scripts/test-env` started and fails loudly when they are missing. Nothing here skips.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test harness: a panic is the failure report
 
+pub mod tenant;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
