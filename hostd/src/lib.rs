@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod compose;
 pub mod engine;
 pub mod ids;
+pub mod lifecycle;
 pub mod network;
 pub mod policy;
 pub mod profiles;
