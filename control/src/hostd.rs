@@ -1,0 +1,561 @@
+//! Driving hostd on a shared host without any inbound port: SSM Run Command
+//! (`AWS-RunShellScript`) runs `hostd ctl … --json` on the host, control polls
+//! GetCommandInvocation and turns hostd's JSON output into progress lines or an error.
+
+use std::time::Instant;
+
+use aws_sdk_ssm::types::CommandInvocationStatus;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::ControlConfig;
+use crate::error::{ControlError, Result};
+use crate::progress::Progress;
+
+/// Version of the tenant spec control sends; hostd refuses versions it does not know.
+pub const TENANT_SPEC_VERSION: u32 = 1;
+/// Where the spec file is written on the host (root-only tmpfs).
+pub const SPEC_DIR: &str = "/run/m8trx/control";
+/// SSM document that runs a shell script as root.
+pub const DOCUMENT: &str = "AWS-RunShellScript";
+
+/// Aggregate limits of the tenant's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// CPU, thousandths of a vCPU.
+    pub cpu_millis: u64,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Process count.
+    pub pids: u64,
+    /// Disk quota, GB (the volume size).
+    pub disk_gb: i32,
+}
+
+/// The tenant's data volume as hostd finds it (NVMe serial from the id, device name as fallback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeRef {
+    /// EBS volume id.
+    pub ebs_volume_id: String,
+    /// Device name it was attached as.
+    pub device: String,
+}
+
+/// The tenant spec control hands to `hostd ctl create -f` (DESIGN.md §4); no secret in it:
+/// hostd reads the six SSM parameters itself with the customer's role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantSpec {
+    /// [`TENANT_SPEC_VERSION`].
+    pub version: u32,
+    /// Customer name.
+    pub name: String,
+    /// Customer UID, `cust_<name>`.
+    pub uid: String,
+    /// `agent` or `baseline`.
+    pub template: String,
+    /// Public hostnames routed to the tenant.
+    pub subdomains: Vec<String>,
+    /// Aggregate cgroup limits.
+    pub limits: Limits,
+    /// The tenant volume.
+    pub volume: VolumeRef,
+    /// Customer role the broker assumes for the tenant.
+    pub role_arn: String,
+    /// ExternalId for that AssumeRole.
+    pub external_id: Option<String>,
+    /// `passthrough` (agent: the tenant's own Caddy terminates TLS) or `terminate` (baseline).
+    pub tls: String,
+    /// SSM prefix of the tenant's parameters.
+    pub ssm_prefix: String,
+    /// Tailscale tag of the tenant's sidecar.
+    pub tailscale_tag: String,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Shell lines that write the spec file and create the tenant unless hostd already has it.
+pub fn create_commands(spec: &TenantSpec) -> Result<Vec<String>> {
+    let json = serde_json::to_string(spec)
+        .map_err(|e| ControlError::Conflict(format!("cannot serialise the tenant spec: {e}")))?;
+    let file = format!("{SPEC_DIR}/{}.json", spec.name);
+    let name = quote(&spec.name);
+    Ok(vec![
+        "set -eu".to_owned(),
+        format!("install -d -m 0700 {SPEC_DIR}"),
+        format!("cat > {file} <<'M8TRX_SPEC_EOF'"),
+        json,
+        "M8TRX_SPEC_EOF".to_owned(),
+        format!("if hostd ctl status {name} --json >/dev/null 2>&1; then"),
+        format!(
+            "  echo '{{\"message\":\"tenant {} already exists on this host; nothing to create\"}}'",
+            spec.name
+        ),
+        "else".to_owned(),
+        format!("  hostd ctl create -f {file} --json"),
+        "fi".to_owned(),
+        format!("rm -f {file}"),
+    ])
+}
+
+/// Shell lines that destroy the tenant if hostd has it (data kept unless `wipe`).
+pub fn destroy_commands(name: &str, wipe: bool) -> Vec<String> {
+    let q = quote(name);
+    vec![
+        "set -eu".to_owned(),
+        format!("if hostd ctl status {q} --json >/dev/null 2>&1; then"),
+        format!(
+            "  hostd ctl destroy {q}{} --json",
+            if wipe { " --wipe" } else { "" }
+        ),
+        "else".to_owned(),
+        format!(
+            "  echo '{{\"message\":\"tenant {name} is not on this host; nothing to destroy\"}}'"
+        ),
+        "fi".to_owned(),
+    ]
+}
+
+/// One line hostd printed, classified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostdLine {
+    /// True for hostd's error messages.
+    pub error: bool,
+    /// The message text.
+    pub text: String,
+}
+
+fn from_value(v: &Value, out: &mut Vec<HostdLine>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(e) = m.get("error") {
+                let text = match e {
+                    Value::String(s) => s.clone(),
+                    Value::Object(o) => o
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| e.to_string()),
+                    other => other.to_string(),
+                };
+                out.push(HostdLine { error: true, text });
+            }
+            for key in ["message", "progress", "step"] {
+                if let Some(s) = m.get(key).and_then(Value::as_str) {
+                    out.push(HostdLine {
+                        error: false,
+                        text: s.to_owned(),
+                    });
+                }
+            }
+            if let Some(Value::Array(msgs)) = m.get("messages") {
+                for msg in msgs {
+                    match msg {
+                        Value::String(s) => out.push(HostdLine {
+                            error: false,
+                            text: s.clone(),
+                        }),
+                        other => from_value(other, out),
+                    }
+                }
+            }
+            let known = ["error", "message", "progress", "step", "messages"];
+            if !m.keys().any(|k| known.contains(&k.as_str())) {
+                out.push(HostdLine {
+                    error: false,
+                    text: v.to_string(),
+                });
+            }
+        }
+        Value::String(s) => out.push(HostdLine {
+            error: false,
+            text: s.clone(),
+        }),
+        other => out.push(HostdLine {
+            error: false,
+            text: other.to_string(),
+        }),
+    }
+}
+
+/// Reads hostd's `--json` output: one JSON document, or JSON lines, or plain text lines.
+pub fn parse_output(stdout: &str) -> Vec<HostdLine> {
+    let mut out = Vec::new();
+    let trimmed = stdout.trim();
+    if trimmed.is_empty() {
+        return out;
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(trimmed) {
+        from_value(&v, &mut out);
+        return out;
+    }
+    for line in trimmed.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => from_value(&v, &mut out),
+            Err(_) => out.push(HostdLine {
+                error: false,
+                text: line.to_owned(),
+            }),
+        }
+    }
+    out
+}
+
+/// A finished invocation as SSM reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// SSM status (`Success`, `Failed`, `TimedOut`, `Cancelled`, …).
+    pub status: CommandInvocationStatus,
+    /// SSM's detail text.
+    pub status_details: String,
+    /// Exit code of the script (`-1` when SSM has none).
+    pub response_code: i32,
+    /// Standard output (SSM keeps the first 24,000 characters).
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Turns a finished invocation into hostd's messages, or an error that carries them.
+pub fn interpret(inv: &Invocation) -> std::result::Result<Vec<HostdLine>, String> {
+    let lines = parse_output(&inv.stdout);
+    if inv.status == CommandInvocationStatus::Success && !lines.iter().any(|l| l.error) {
+        return Ok(lines);
+    }
+    let mut parts: Vec<String> = lines
+        .iter()
+        .filter(|l| l.error)
+        .map(|l| l.text.clone())
+        .collect();
+    let stderr_tail: Vec<&str> = inv
+        .stderr
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    if !stderr_tail.is_empty() {
+        parts.push(format!("stderr: {}", stderr_tail.join(" | ")));
+    }
+    if parts.is_empty() {
+        parts.push(format!(
+            "SSM status {} ({}), exit code {}",
+            inv.status.as_str(),
+            inv.status_details,
+            inv.response_code
+        ));
+    }
+    if inv.status == CommandInvocationStatus::Success {
+        Err(format!("hostd reported an error: {}", parts.join("; ")))
+    } else {
+        Err(format!(
+            "{} (SSM status {}, exit code {})",
+            parts.join("; "),
+            inv.status.as_str(),
+            inv.response_code
+        ))
+    }
+}
+
+fn is_terminal(s: &CommandInvocationStatus) -> bool {
+    !matches!(
+        s,
+        CommandInvocationStatus::Pending
+            | CommandInvocationStatus::InProgress
+            | CommandInvocationStatus::Delayed
+    )
+}
+
+/// Sends `commands` to `instance_id`, waits for the result and surfaces hostd's messages.
+pub async fn run(
+    ssm: &aws_sdk_ssm::Client,
+    config: &ControlConfig,
+    instance_id: &str,
+    action: &str,
+    commands: Vec<String>,
+    progress: &Progress,
+) -> Result<Vec<HostdLine>> {
+    let timeout = config.wait_timeout.as_secs().max(30);
+    let sent = ssm
+        .send_command()
+        .instance_ids(instance_id)
+        .document_name(DOCUMENT)
+        .comment(format!("m8trx control: {action}"))
+        .parameters("commands", commands)
+        .parameters("executionTimeout", vec![timeout.to_string()])
+        .timeout_seconds(i32::try_from(timeout).unwrap_or(i32::MAX))
+        .send()
+        .await
+        .map_err(|e| ControlError::aws(format!("SendCommand ({action}) to {instance_id}"), e))?;
+    let command_id = sent
+        .command()
+        .and_then(|c| c.command_id())
+        .ok_or_else(|| ControlError::Hostd {
+            instance_id: instance_id.to_owned(),
+            action: action.to_owned(),
+            message: "SendCommand returned no command id".to_owned(),
+        })?
+        .to_owned();
+    progress.line(format!(
+        "hostd: {action} sent to {instance_id} (SSM command {command_id}); waiting for the result"
+    ));
+    let started = Instant::now();
+    loop {
+        match ssm
+            .get_command_invocation()
+            .command_id(&command_id)
+            .instance_id(instance_id)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let status = out
+                    .status()
+                    .cloned()
+                    .unwrap_or(CommandInvocationStatus::Pending);
+                if is_terminal(&status) {
+                    let inv = Invocation {
+                        status,
+                        status_details: out.status_details().unwrap_or_default().to_owned(),
+                        response_code: out.response_code(),
+                        stdout: out.standard_output_content().unwrap_or_default().to_owned(),
+                        stderr: out.standard_error_content().unwrap_or_default().to_owned(),
+                    };
+                    return match interpret(&inv) {
+                        Ok(lines) => {
+                            for l in &lines {
+                                progress.line(format!("hostd: {}", l.text));
+                            }
+                            if lines.is_empty() {
+                                progress.line(format!(
+                                    "hostd: {action} succeeded on {instance_id} (no output)"
+                                ));
+                            }
+                            Ok(lines)
+                        }
+                        Err(message) => Err(ControlError::Hostd {
+                            instance_id: instance_id.to_owned(),
+                            action: action.to_owned(),
+                            message,
+                        }),
+                    };
+                }
+            }
+            // Right after SendCommand the invocation may not be visible yet.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_invocation_does_not_exist()) => {}
+            Err(e) => {
+                return Err(ControlError::aws(
+                    format!("GetCommandInvocation {command_id} on {instance_id}"),
+                    e,
+                ))
+            }
+        }
+        if started.elapsed() > config.wait_timeout {
+            return Err(ControlError::Timeout {
+                what: format!("hostd to {action} on {instance_id} (SSM command {command_id})"),
+                seconds: config.wait_timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(config.poll_interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TenantSpec {
+        TenantSpec {
+            version: TENANT_SPEC_VERSION,
+            name: "acme".into(),
+            uid: "cust_acme".into(),
+            template: "agent".into(),
+            subdomains: vec!["acme.m8trx.ai".into()],
+            limits: Limits {
+                cpu_millis: 500,
+                memory_mib: 1024,
+                pids: 4096,
+                disk_gb: 30,
+            },
+            volume: VolumeRef {
+                ebs_volume_id: "vol-1".into(),
+                device: "/dev/sdf".into(),
+            },
+            role_arn: "arn:aws:iam::1:role/m8trx-acme".into(),
+            external_id: None,
+            tls: "passthrough".into(),
+            ssm_prefix: "/m8trx/acme/".into(),
+            tailscale_tag: "tag:m8trx-cust-acme".into(),
+        }
+    }
+
+    fn inv(status: CommandInvocationStatus, code: i32, stdout: &str, stderr: &str) -> Invocation {
+        Invocation {
+            status,
+            status_details: "details".into(),
+            response_code: code,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn create_script_writes_the_spec_then_runs_hostd_ctl() {
+        let lines = create_commands(&spec()).unwrap();
+        let script = lines.join("\n");
+        assert!(script.contains("cat > /run/m8trx/control/acme.json <<'M8TRX_SPEC_EOF'\n{\"version\":1,\"name\":\"acme\""));
+        assert!(script.contains("hostd ctl create -f /run/m8trx/control/acme.json --json"));
+        assert!(script.contains("hostd ctl status 'acme' --json"));
+        // The script is valid shell.
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn create_script_runs_against_a_stand_in_hostd() {
+        // Execute the exact script with a stub `hostd` on PATH and a private spec dir, to prove
+        // the heredoc delivers the spec byte for byte and the create branch is taken.
+        let dir = std::env::temp_dir().join(format!("control-hostd-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let spec_dir = dir.join("spec");
+        let stub = format!(
+            "#!/bin/sh\ncase \"$2\" in status) exit 1;; create) cp \"$4\" {0}/seen.json; echo '{{\"message\":\"created\"}}';; esac\n",
+            dir.display()
+        );
+        std::fs::write(bin.join("hostd"), stub).unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(bin.join("hostd"))
+            .status()
+            .unwrap();
+        let script = create_commands(&spec())
+            .unwrap()
+            .join("\n")
+            .replace(SPEC_DIR, &spec_dir.display().to_string());
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = std::fs::read_to_string(dir.join("seen.json")).unwrap();
+        assert_eq!(seen.trim(), serde_json::to_string(&spec()).unwrap());
+        assert_eq!(
+            parse_output(&String::from_utf8_lossy(&out.stdout)),
+            [HostdLine {
+                error: false,
+                text: "created".into()
+            }]
+        );
+        assert!(
+            !spec_dir.join("acme.json").exists(),
+            "spec file removed after create"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn destroy_script_is_conditional_and_wipes_on_request() {
+        let s = destroy_commands("acme", true).join("\n");
+        assert!(s.contains("hostd ctl destroy 'acme' --wipe --json"));
+        assert!(!destroy_commands("acme", false)
+            .join("\n")
+            .contains("--wipe"));
+    }
+
+    #[test]
+    fn parses_json_lines_documents_and_text() {
+        let lines = parse_output(
+            "{\"step\":\"provision\"}\n{\"message\":\"engine up\"}\nplain text\n{\"error\":{\"message\":\"disk full\"}}\n",
+        );
+        assert_eq!(
+            lines,
+            [
+                HostdLine {
+                    error: false,
+                    text: "provision".into()
+                },
+                HostdLine {
+                    error: false,
+                    text: "engine up".into()
+                },
+                HostdLine {
+                    error: false,
+                    text: "plain text".into()
+                },
+                HostdLine {
+                    error: true,
+                    text: "disk full".into()
+                },
+            ]
+        );
+        let doc = parse_output(
+            "{\n  \"name\": \"acme\",\n  \"messages\": [\"a\", {\"error\": \"b\"}]\n}",
+        );
+        assert_eq!(
+            doc,
+            [
+                HostdLine {
+                    error: false,
+                    text: "a".into()
+                },
+                HostdLine {
+                    error: true,
+                    text: "b".into()
+                },
+            ]
+        );
+        assert!(parse_output("  \n").is_empty());
+    }
+
+    #[test]
+    fn success_failure_and_hidden_errors() {
+        let ok = interpret(&inv(
+            CommandInvocationStatus::Success,
+            0,
+            "{\"message\":\"tenant acme running\"}",
+            "",
+        ))
+        .unwrap();
+        assert_eq!(ok[0].text, "tenant acme running");
+        let failed = interpret(&inv(
+            CommandInvocationStatus::Failed,
+            3,
+            "{\"error\":\"compose refused: service web: privileged: not allowed\"}",
+            "warning\nexit 3",
+        ))
+        .unwrap_err();
+        assert!(failed.contains("privileged: not allowed"), "{failed}");
+        assert!(
+            failed.contains("exit 3") && failed.contains("Failed"),
+            "{failed}"
+        );
+        let bare = interpret(&inv(CommandInvocationStatus::TimedOut, -1, "", "")).unwrap_err();
+        assert!(bare.contains("TimedOut"), "{bare}");
+        let hidden = interpret(&inv(
+            CommandInvocationStatus::Success,
+            0,
+            "{\"error\":\"half done\"}",
+            "",
+        ))
+        .unwrap_err();
+        assert!(hidden.contains("half done"), "{hidden}");
+    }
+}

@@ -1,0 +1,1200 @@
+//! control's flows against the real moto server `scripts/test-env` starts
+//! (M8TRX_MOTO_ENDPOINT). Every test makes its own uniquely named customer, CMK, instance
+//! profile, AMI, VPC, subnets and shared-host pool, and looks only at resources carrying its
+//! own tags, because other suites use the same moto server at the same time.
+//!
+//! moto records SSM SendCommand calls but cannot execute them (every invocation reports
+//! Success with empty output), so these tests check the command control sent — the exact
+//! `hostd ctl` script with the tenant spec — and the unit tests in `src/hostd.rs` check the
+//! handling of hostd's output, failures and a stand-in hostd executing the script.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    HttpTokensState, InstanceMetadataTagsState, InstanceType, ResourceType, VolumeType,
+};
+use aws_sdk_ssm::types::ParameterType;
+use control::api::{self, ApiState};
+use control::inventory::{self, Need};
+use control::jobs::JobTable;
+use control::tags;
+use control::{Clients, Control, ControlConfig, ControlError, DeployRequest, Progress, Secrets};
+use http_body_util::BodyExt;
+use m8trx_spec::CustomerName;
+use tower::ServiceExt;
+
+const REGION: &str = "us-east-2";
+
+fn moto() -> String {
+    std::env::var("M8TRX_MOTO_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "M8TRX_MOTO_ENDPOINT is not set: these tests need the moto server of the real test \
+             environment. Run `make test` (or `scripts/test-env` and source /var/lib/m8trx-test/env)."
+        )
+    })
+}
+
+/// A short name unique to this process and call: `c<pid><n><label>`, within 32 characters.
+fn unique(label: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "c{}-{}{:x}-{label}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 0xfff
+    )
+}
+
+/// Everything one test owns: its control, its pool, subnets, AMI and customers.
+struct World {
+    control: Control,
+    subnets: Vec<(String, String)>, // (subnet id, AZ)
+    hosts: Vec<String>,
+    customers: Vec<CustomerName>,
+}
+
+fn recorder() -> (Progress, Arc<Mutex<Vec<String>>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    (
+        Progress::new(move |s| l.lock().unwrap().push(s.to_owned())),
+        lines,
+    )
+}
+
+impl World {
+    async fn new() -> Self {
+        let pool = unique("pool");
+        let mut config = ControlConfig {
+            region: REGION.into(),
+            endpoint_url: Some(moto()),
+            platform_domain: "m8trx.test".into(),
+            brain_url: Some("http://brain.tailnet.test:8080".into()),
+            pool,
+            poll_interval: Duration::from_millis(50),
+            wait_timeout: Duration::from_secs(60),
+            ..ControlConfig::default()
+        };
+        let clients = Clients::with_credentials(&config, "AKIDCONTROLTEST", "control-secret").await;
+        let ec2 = &clients.ec2;
+        let ami = ec2
+            .register_image()
+            .name(unique("hardened-ami"))
+            .root_device_name("/dev/sda1")
+            .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+            .virtualization_type("hvm")
+            .send()
+            .await
+            .expect("RegisterImage against moto")
+            .image_id()
+            .unwrap()
+            .to_owned();
+        let octet = (std::process::id() % 200) + 20;
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block(format!("10.{octet}.0.0/16"))
+            .send()
+            .await
+            .expect("CreateVpc")
+            .vpc()
+            .unwrap()
+            .vpc_id()
+            .unwrap()
+            .to_owned();
+        let mut subnets = Vec::new();
+        for (i, az) in ["us-east-2a", "us-east-2b"].into_iter().enumerate() {
+            let s = ec2
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(format!("10.{octet}.{i}.0/24"))
+                .availability_zone(az)
+                .send()
+                .await
+                .expect("CreateSubnet");
+            subnets.push((
+                s.subnet().unwrap().subnet_id().unwrap().to_owned(),
+                az.to_owned(),
+            ));
+        }
+        config.ami_id = Some(ami);
+        config.dedicated_subnet_id = Some(subnets[0].0.clone());
+        Self {
+            control: Control { config, clients },
+            subnets,
+            hosts: Vec::new(),
+            customers: Vec::new(),
+        }
+    }
+
+    fn clients(&self) -> &Clients {
+        &self.control.clients
+    }
+
+    /// A customer with its own CMK (alias/m8trx-<name>) and instance profile (m8trx-<name>).
+    async fn customer(&mut self, label: &str) -> CustomerName {
+        let name = CustomerName::parse(&unique(label)).unwrap();
+        let c = self.clients();
+        let key = c
+            .kms
+            .create_key()
+            .description(format!("m8trx customer CMK {name}"))
+            .send()
+            .await
+            .expect("CreateKey");
+        let key_id = key.key_metadata().unwrap().key_id().to_owned();
+        c.kms
+            .create_alias()
+            .alias_name(format!("alias/m8trx-{name}"))
+            .target_key_id(&key_id)
+            .send()
+            .await
+            .expect("CreateAlias");
+        let role = format!("m8trx-{name}");
+        c.iam
+            .create_role()
+            .role_name(&role)
+            .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#)
+            .tags(
+                aws_sdk_iam::types::Tag::builder()
+                    .key("m8trx:external-id")
+                    .value(format!("ext-{name}"))
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("CreateRole");
+        c.iam
+            .create_instance_profile()
+            .instance_profile_name(&role)
+            .send()
+            .await
+            .expect("CreateInstanceProfile");
+        c.iam
+            .add_role_to_instance_profile()
+            .instance_profile_name(&role)
+            .role_name(&role)
+            .send()
+            .await
+            .expect("AddRoleToInstanceProfile");
+        self.customers.push(name.clone());
+        name
+    }
+
+    /// A running shared host of this test's pool in subnet `i`, with capacity and ledger tags.
+    async fn host(
+        &mut self,
+        subnet: usize,
+        memory_mib: u64,
+        slots: u64,
+        taken: &[(&str, u64)],
+    ) -> String {
+        let c = self.clients();
+        let mut t = vec![
+            tags::tag(tags::SHARED_HOST, &self.control.config.pool),
+            tags::tag(tags::CAPACITY_MEMORY, &memory_mib.to_string()),
+            tags::tag(tags::CAPACITY_CPU, "4000"),
+            tags::tag(tags::CAPACITY_SLOTS, &slots.to_string()),
+            tags::tag(tags::NAME, "m8trx-shared-host-test"),
+        ];
+        for (tenant, mem) in taken {
+            t.push(tags::tag(
+                &format!("{}{tenant}", tags::TENANT_PREFIX),
+                &format!("memory-mib={mem},cpu-millis=500,state=running"),
+            ));
+        }
+        let out = c
+            .ec2
+            .run_instances()
+            .image_id(self.control.config.ami_id.clone().unwrap())
+            .instance_type(InstanceType::M6iLarge)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&self.subnets[subnet].0)
+            .tag_specifications(tags::spec(ResourceType::Instance, t))
+            .send()
+            .await
+            .expect("RunInstances (shared host)");
+        let id = out.instances()[0].instance_id().unwrap().to_owned();
+        self.hosts.push(id.clone());
+        id
+    }
+
+    fn request(&self, name: &CustomerName, hosting: &str) -> DeployRequest {
+        DeployRequest {
+            name: name.to_string(),
+            template: Some("agent".into()),
+            instance_type: Some("t3.medium".into()),
+            volume_size_gb: Some(40),
+            subdomain: None,
+            hosting: Some(hosting.into()),
+            regulated: false,
+            brain_url: None,
+            subnet_id: None,
+            secrets: Secrets {
+                brain_key: Some(format!("br_{name}_secret")),
+                tailscale_auth_key: Some(format!("tskey-auth-{name}")),
+                agent_fetch_pat: Some("ghp_fleetwidepat".into()),
+                agent_ui_password: None,
+            },
+        }
+    }
+
+    /// Everything of `name` that exists: live instances and volumes with its Customer tag,
+    /// its SSM parameters, and reservation tags for it on any host of this pool.
+    async fn leftovers(&self, name: &CustomerName) -> Vec<String> {
+        let c = self.clients();
+        let mut found = Vec::new();
+        let inst = c
+            .ec2
+            .describe_instances()
+            .filters(tags::filter(tags::CUSTOMER, name.as_str()))
+            .filters(tags::attr(
+                "instance-state-name",
+                &["pending", "running", "stopping", "stopped", "shutting-down"],
+            ))
+            .send()
+            .await
+            .unwrap();
+        for r in inst.reservations() {
+            for i in r.instances() {
+                found.push(format!("instance {}", i.instance_id().unwrap()));
+            }
+        }
+        let vols = c
+            .ec2
+            .describe_volumes()
+            .filters(tags::filter(tags::CUSTOMER, name.as_str()))
+            .send()
+            .await
+            .unwrap();
+        for v in vols.volumes() {
+            found.push(format!(
+                "volume {} ({:?})",
+                v.volume_id().unwrap(),
+                v.state()
+            ));
+        }
+        for p in control::params::existing_parameters(&c.ssm, name)
+            .await
+            .unwrap()
+        {
+            found.push(format!("parameter {p}"));
+        }
+        let hosts = c
+            .ec2
+            .describe_instances()
+            .filters(tags::filter(tags::SHARED_HOST, &self.control.config.pool))
+            .filters(tags::attr(
+                "tag-key",
+                &[&format!("{}{name}", tags::TENANT_PREFIX)],
+            ))
+            .send()
+            .await
+            .unwrap();
+        for r in hosts.reservations() {
+            for i in r.instances() {
+                found.push(format!("reservation on {}", i.instance_id().unwrap()));
+            }
+        }
+        found
+    }
+
+    async fn reservation(&self, host: &str, name: &CustomerName) -> Option<inventory::Reservation> {
+        let h = inventory::get_host(&self.clients().ec2, host)
+            .await
+            .unwrap();
+        h.reservation(name.as_str()).cloned()
+    }
+
+    /// Scripts SSM received for `instance` (moto records them; it cannot run them).
+    async fn commands_sent(&self, instance: &str) -> Vec<String> {
+        let out = self
+            .clients()
+            .ssm
+            .list_commands()
+            .instance_id(instance)
+            .send()
+            .await
+            .unwrap();
+        out.commands()
+            .iter()
+            .filter(|c| c.instance_ids().iter().any(|i| i == instance))
+            .filter_map(|c| {
+                c.parameters()
+                    .and_then(|p| p.get("commands"))
+                    .map(|l| l.join("\n"))
+            })
+            .collect()
+    }
+
+    async fn cleanup(self) {
+        let c = &self.control.clients;
+        for name in &self.customers {
+            let _ = self.control.delete(name, false, &Progress::silent()).await;
+            let role = format!("m8trx-{name}");
+            let _ = c
+                .iam
+                .remove_role_from_instance_profile()
+                .instance_profile_name(&role)
+                .role_name(&role)
+                .send()
+                .await;
+            let _ = c
+                .iam
+                .delete_instance_profile()
+                .instance_profile_name(&role)
+                .send()
+                .await;
+            let _ = c.iam.delete_role().role_name(&role).send().await;
+            if let Ok(k) = c
+                .kms
+                .describe_key()
+                .key_id(format!("alias/m8trx-{name}"))
+                .send()
+                .await
+            {
+                let _ = c
+                    .kms
+                    .delete_alias()
+                    .alias_name(format!("alias/m8trx-{name}"))
+                    .send()
+                    .await;
+                if let Some(m) = k.key_metadata() {
+                    let _ = c
+                        .kms
+                        .schedule_key_deletion()
+                        .key_id(m.key_id())
+                        .pending_window_in_days(7)
+                        .send()
+                        .await;
+                }
+            }
+        }
+        if !self.hosts.is_empty() {
+            let _ = c
+                .ec2
+                .terminate_instances()
+                .set_instance_ids(Some(self.hosts.clone()))
+                .send()
+                .await;
+        }
+    }
+}
+
+async fn cmk_arn(w: &World, name: &CustomerName) -> String {
+    w.clients()
+        .kms
+        .describe_key()
+        .key_id(format!("alias/m8trx-{name}"))
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned()
+}
+
+async fn check_parameters(w: &World, name: &CustomerName, key_arn: &str) {
+    let ssm = &w.clients().ssm;
+    let described = ssm
+        .describe_parameters()
+        .parameter_filters(
+            aws_sdk_ssm::types::ParameterStringFilter::builder()
+                .key("Name")
+                .option("Equals")
+                .set_values(Some(name.ssm_parameter_names()))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.parameters().len(),
+        6,
+        "six parameters under {}",
+        name.ssm_prefix()
+    );
+    for p in described.parameters() {
+        let leaf = p.name().unwrap().rsplit('/').next().unwrap();
+        let plain = leaf == "brain-customer-id" || leaf == "brain-url";
+        let want = if plain {
+            ParameterType::String
+        } else {
+            ParameterType::SecureString
+        };
+        assert_eq!(p.r#type(), Some(&want), "{leaf}");
+        if !plain {
+            assert_eq!(
+                p.key_id(),
+                Some(key_arn),
+                "{leaf} encrypted with the customer's CMK"
+            );
+        }
+    }
+    let got = ssm
+        .get_parameter()
+        .name(format!("{}brain-customer-id", name.ssm_prefix()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.parameter().unwrap().value(), Some(name.uid().as_str()));
+    let pw = ssm
+        .get_parameter()
+        .name(format!("{}agent-ui-password", name.ssm_prefix()))
+        .with_decryption(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        pw.parameter().unwrap().value().unwrap().len(),
+        24,
+        "generated password"
+    );
+}
+
+#[tokio::test]
+async fn shared_flow_places_attaches_drives_hostd_resumes_and_deletes_everything() {
+    let mut w = World::new().await;
+    let name = w.customer("shared").await;
+    // Host A (AZ a) is nearly full; host B (AZ b) has room: placement must choose B.
+    let host_a = w.host(0, 4096, 4, &[("other-tenant", 3584)]).await;
+    let host_b = w.host(1, 8192, 8, &[]).await;
+    assert!(
+        w.leftovers(&name).await.is_empty(),
+        "fresh customer owns nothing"
+    );
+    let key = cmk_arn(&w, &name).await;
+
+    let spec = w.request(&name, "shared").validate().unwrap();
+    let (progress, lines) = recorder();
+    let out = w
+        .control
+        .deploy(&spec, &progress)
+        .await
+        .expect("shared deploy");
+    let control::ops::Placement::Shared(p) = &out.placement else {
+        panic!("placed dedicated: {out:?}")
+    };
+    assert_eq!(p.host_instance_id, host_b);
+    assert_eq!(p.availability_zone, "us-east-2b");
+    assert_eq!(out.hostname, format!("{name}.m8trx.test"));
+    check_parameters(&w, &name, &key).await;
+
+    // The volume: the customer's CMK, gp3, the requested size, in B's AZ, attached to B.
+    let v = control::ec2::volume(&w.clients().ec2, &p.volume_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(v.encrypted().unwrap());
+    assert_eq!(v.kms_key_id(), Some(key.as_str()));
+    assert_eq!(v.volume_type(), Some(&VolumeType::Gp3));
+    assert_eq!(v.size(), Some(40));
+    assert_eq!(v.availability_zone(), Some("us-east-2b"));
+    assert_eq!(
+        control::ec2::attached_to(&v, &host_b).as_deref(),
+        Some(p.device.as_str())
+    );
+    assert_eq!(tags::get(v.tags(), tags::CUSTOMER), Some(name.as_str()));
+
+    // The ledger on B says running with the volume; A is untouched.
+    let r = w
+        .reservation(&host_b, &name)
+        .await
+        .expect("reservation on B");
+    assert_eq!(
+        (r.state.as_str(), r.memory_mib, r.volume_id.as_deref()),
+        ("running", 1024, Some(p.volume_id.as_str()))
+    );
+    assert!(w.reservation(&host_a, &name).await.is_none());
+
+    // The command hostd received over SSM: the spec (volume, role, limits) then hostd ctl create.
+    let sent = w.commands_sent(&host_b).await;
+    // (moto's ListCommands may also list other suites' commands under this instance, so the
+    // customer's own command is picked by its spec path.)
+    let create = sent
+        .iter()
+        .find(|s| s.contains(&format!("/run/m8trx/control/{name}.json")))
+        .expect("create command sent");
+    let to_b = format!("hostd: create tenant {name} sent to {host_b}");
+    assert!(
+        lines.lock().unwrap().iter().any(|l| l.starts_with(&to_b)),
+        "command went to host B"
+    );
+    for needle in [
+        format!("\"name\":\"{name}\""),
+        format!("\"ebs_volume_id\":\"{}\"", p.volume_id),
+        format!(":role/m8trx-{name}\""),
+        format!("\"external_id\":\"ext-{name}\""),
+        "\"memory_mib\":1024".to_owned(),
+        "\"tls\":\"passthrough\"".to_owned(),
+        format!("hostd ctl create -f /run/m8trx/control/{name}.json --json"),
+    ] {
+        assert!(
+            create.contains(&needle),
+            "command lacks {needle}:\n{create}"
+        );
+    }
+    for secret in ["_secret", "tskey-auth", "ghp_fleetwidepat"] {
+        assert!(
+            !create.contains(secret),
+            "the command must not carry secrets"
+        );
+        assert!(
+            !lines.lock().unwrap().iter().any(|l| l.contains(secret)),
+            "progress leaks a secret"
+        );
+    }
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("hostd: ")),
+        "hostd result surfaced"
+    );
+
+    // Re-running the same deploy changes nothing and creates nothing.
+    let again = w
+        .control
+        .deploy(&spec, &Progress::silent())
+        .await
+        .expect("re-run");
+    assert_eq!(again.placement, out.placement);
+    assert!(
+        again
+            .ssm_parameters
+            .iter()
+            .all(|(_, a)| *a == control::params::ParamAction::Unchanged),
+        "{again:?}"
+    );
+    assert_eq!(
+        control::ec2::customer_volumes(&w.clients().ec2, &name)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Delete: hostd destroy, volume detached and deleted, reservation released, parameters gone.
+    let before = w.leftovers(&name).await;
+    assert_eq!(
+        before.len(),
+        1 + 6 + 1,
+        "volume, six parameters, reservation: {before:?}"
+    );
+    let del = w
+        .control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .expect("delete");
+    assert_eq!(del.shared.volumes_deleted, [p.volume_id.as_str()]);
+    assert_eq!(del.ssm_parameters_deleted, 6);
+    assert!(w
+        .commands_sent(&host_b)
+        .await
+        .iter()
+        .any(|s| s.contains(&format!("hostd ctl destroy '{name}' --json"))));
+    assert_eq!(
+        w.leftovers(&name).await,
+        Vec::<String>::new(),
+        "delete leaves nothing"
+    );
+    // And a second delete is a clean no-op.
+    let del2 = w
+        .control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .expect("second delete");
+    assert_eq!(del2.ssm_parameters_deleted, 0);
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn dedicated_flow_launches_the_hardened_instance_and_deletes_everything() {
+    let mut w = World::new().await;
+    let name = w.customer("dedi").await;
+    let key = cmk_arn(&w, &name).await;
+    let mut req = w.request(&name, "dedicated");
+    req.subdomain = Some(format!("{name}-inbox"));
+    let spec = req.validate().unwrap();
+    let out = w
+        .control
+        .deploy(&spec, &Progress::silent())
+        .await
+        .expect("dedicated deploy");
+    let control::ops::Placement::Dedicated(p) = &out.placement else {
+        panic!("placed shared: {out:?}")
+    };
+    check_parameters(&w, &name, &key).await;
+
+    let ec2 = &w.clients().ec2;
+    let d = ec2
+        .describe_instances()
+        .instance_ids(&p.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let i = &d.reservations()[0].instances()[0];
+    assert_eq!(i.image_id(), w.control.config.ami_id.as_deref());
+    assert_eq!(i.instance_type(), Some(&InstanceType::T3Medium));
+    let md = i.metadata_options().unwrap();
+    assert_eq!(
+        md.http_tokens(),
+        Some(&HttpTokensState::Required),
+        "IMDSv2 required"
+    );
+    assert_eq!(md.http_put_response_hop_limit(), Some(1), "hop limit 1");
+    assert_eq!(
+        md.instance_metadata_tags(),
+        Some(&InstanceMetadataTagsState::Enabled)
+    );
+    assert!(i
+        .iam_instance_profile()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .ends_with(&format!("/m8trx-{name}")));
+    assert_eq!(tags::get(i.tags(), tags::CUSTOMER), Some(name.as_str()));
+    assert_eq!(
+        tags::get(i.tags(), tags::NAME),
+        Some(format!("m8trx-{name}").as_str())
+    );
+    assert_eq!(
+        tags::get(i.tags(), tags::HOSTNAME),
+        Some(format!("{name}-inbox.m8trx.test").as_str())
+    );
+    let root = control::ec2::volume(ec2, p.root_volume_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(root.encrypted().unwrap());
+    assert_eq!(root.kms_key_id(), Some(key.as_str()));
+    assert_eq!(root.volume_type(), Some(&VolumeType::Gp3));
+    assert_eq!(root.size(), Some(40));
+    let ud = ec2
+        .describe_instance_attribute()
+        .instance_id(&p.instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let raw = aws_smithy_types::base64::decode(ud.user_data().unwrap().value().unwrap()).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.len() < 16 * 1024, "user-data {} bytes", text.len());
+    assert!(text.contains(&format!("M8TRX_EXPECTED_CUSTOMER='{name}'")));
+    assert!(text.contains(&format!("M8TRX_HOSTNAME='{name}-inbox.m8trx.test'")));
+    assert!(
+        !text.contains("_secret") && !text.contains("tskey-auth"),
+        "no secret in user-data"
+    );
+
+    // Idempotent: the same deploy finds the instance instead of launching a second one.
+    let again = w
+        .control
+        .deploy(&spec, &Progress::silent())
+        .await
+        .expect("re-run");
+    assert_eq!(again.placement, out.placement);
+    assert_eq!(
+        w.control.status(&name).await.unwrap().dedicated_instances,
+        [p.instance_id.as_str()]
+    );
+
+    // A shared deploy of a dedicated customer is refused before anything changes.
+    let shared = w.request(&name, "shared").validate().unwrap();
+    let err = w
+        .control
+        .deploy(&shared, &Progress::silent())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ControlError::Conflict(_)), "{err}");
+
+    let before = w.leftovers(&name).await;
+    assert_eq!(
+        before.len(),
+        1 + 1 + 6,
+        "instance, root volume, six parameters: {before:?}"
+    );
+    let del = w
+        .control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .expect("delete");
+    assert_eq!(del.instances_terminated, [p.instance_id.as_str()]);
+    assert_eq!(
+        w.leftovers(&name).await,
+        Vec::<String>::new(),
+        "delete leaves nothing"
+    );
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn regulated_customer_is_refused_shared_hosting_and_nothing_is_created() {
+    let mut w = World::new().await;
+    let name = w.customer("reg").await;
+    w.host(0, 8192, 8, &[]).await;
+    let mut req = w.request(&name, "shared");
+    req.regulated = true;
+    let errs = req.validate().unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].field, "hosting");
+    assert!(
+        errs[0]
+            .message
+            .contains("regulated customers run on dedicated EC2 only"),
+        "{}",
+        errs[0]
+    );
+
+    // Through the API: 422 naming the field, and no job started.
+    let app = api::router(ApiState {
+        control: Arc::new(w.control.clone()),
+        jobs: JobTable::default(),
+    });
+    let resp = app
+        .clone()
+        .oneshot(
+            axum::http::Request::post("/v1/deployments")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(serde_json::to_vec(&req).unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["errors"][0]["field"], "hosting");
+    let jobs = app
+        .oneshot(
+            axum::http::Request::get("/v1/jobs")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let jobs: serde_json::Value =
+        serde_json::from_slice(&jobs.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 0);
+
+    // Regulated without a hosting choice is forced onto dedicated.
+    req.hosting = None;
+    assert_eq!(req.validate().unwrap().hosting, control::Hosting::Dedicated);
+    assert!(
+        w.leftovers(&name).await.is_empty(),
+        "{:?}",
+        w.leftovers(&name).await
+    );
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn all_hosts_full_is_a_clear_error_and_creates_nothing() {
+    let mut w = World::new().await;
+    let name = w.customer("full").await;
+    let a = w.host(0, 4096, 4, &[("t1", 2048), ("t2", 1536)]).await; // 512 MiB free
+    let b = w.host(1, 8192, 2, &[("t3", 512), ("t4", 512)]).await; // no slot free
+    let spec = w.request(&name, "shared").validate().unwrap();
+    let err = w
+        .control
+        .deploy(&spec, &Progress::silent())
+        .await
+        .unwrap_err();
+    let ControlError::NoCapacity(msg) = &err else {
+        panic!("expected NoCapacity, got {err}")
+    };
+    assert!(msg.contains(&a) && msg.contains(&b), "{msg}");
+    assert!(msg.contains("needs 1024 MiB"), "{msg}");
+    assert!(msg.contains("Nothing was created"), "{msg}");
+    assert!(
+        w.leftovers(&name).await.is_empty(),
+        "{:?}",
+        w.leftovers(&name).await
+    );
+    for h in [&a, &b] {
+        let host = inventory::get_host(&w.clients().ec2, h).await.unwrap();
+        assert_eq!(host.reservations.len(), 2, "{h} ledger unchanged");
+    }
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn half_done_deploy_and_delete_are_completed_by_a_rerun() {
+    let mut w = World::new().await;
+    let name = w.customer("resume").await;
+    let host = w.host(0, 8192, 8, &[]).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+
+    // A deploy interrupted after its reservation: control made the reservation, then stopped.
+    let c = w.clients();
+    inventory::place(
+        &c.ec2,
+        &w.control.config.pool,
+        name.as_str(),
+        Need {
+            memory_mib: 1024,
+            cpu_millis: 500,
+        },
+        None,
+        &Progress::silent(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.reservation(&host, &name).await.unwrap().state, "reserved");
+    let (progress, lines) = recorder();
+    let out = w
+        .control
+        .deploy(&spec, &progress)
+        .await
+        .expect("resumed deploy");
+    let control::ops::Placement::Shared(p) = &out.placement else {
+        panic!()
+    };
+    assert_eq!(p.host_instance_id, host);
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("resuming on")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    assert_eq!(w.reservation(&host, &name).await.unwrap().state, "running");
+
+    // A deploy whose volume was detached behind control's back is re-attached by a re-run.
+    c.ec2
+        .detach_volume()
+        .volume_id(&p.volume_id)
+        .instance_id(&host)
+        .device(&p.device)
+        .send()
+        .await
+        .unwrap();
+    let again = w
+        .control
+        .deploy(&spec, &Progress::silent())
+        .await
+        .expect("re-attach");
+    let control::ops::Placement::Shared(p2) = &again.placement else {
+        panic!()
+    };
+    assert_eq!(p2.volume_id, p.volume_id, "same volume reused");
+    let v = control::ec2::volume(&c.ec2, &p.volume_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(control::ec2::attached_to(&v, &host).is_some());
+
+    // A delete interrupted after the shared part (tenant, volume, reservation gone, parameters
+    // left): the re-run removes the rest.
+    control::shared::delete(c, &w.control.config, &name, false, &Progress::silent())
+        .await
+        .unwrap();
+    let half = w.leftovers(&name).await;
+    assert_eq!(half.len(), 6, "only the parameters are left: {half:?}");
+    w.control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .expect("resumed delete");
+    assert!(w.leftovers(&name).await.is_empty());
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn keep_volume_detaches_and_a_redeploy_reuses_it_in_its_zone() {
+    let mut w = World::new().await;
+    let name = w.customer("keep").await;
+    let host_a = w.host(0, 8192, 8, &[]).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+    let out = w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    let control::ops::Placement::Shared(p) = &out.placement else {
+        panic!()
+    };
+    assert_eq!(p.host_instance_id, host_a);
+    let del = w
+        .control
+        .delete(&name, true, &Progress::silent())
+        .await
+        .unwrap();
+    assert_eq!(del.shared.volumes_kept, [p.volume_id.as_str()]);
+    let left = w.leftovers(&name).await;
+    assert_eq!(left.len(), 1, "only the kept volume: {left:?}");
+    // A roomier host in the other AZ appears; the kept volume pins placement to its own AZ.
+    w.host(1, 65536, 32, &[]).await;
+    let back = w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    let control::ops::Placement::Shared(p2) = &back.placement else {
+        panic!()
+    };
+    assert_eq!(p2.volume_id, p.volume_id);
+    assert_eq!(p2.host_instance_id, host_a);
+    w.control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .unwrap();
+    assert!(w.leftovers(&name).await.is_empty());
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn api_runs_deploy_and_delete_as_pollable_jobs() {
+    let mut w = World::new().await;
+    let name = w.customer("api").await;
+    let host = w.host(1, 8192, 8, &[]).await;
+    let app = api::router(ApiState {
+        control: Arc::new(w.control.clone()),
+        jobs: JobTable::default(),
+    });
+    async fn call(
+        app: &axum::Router,
+        req: axum::http::Request<axum::body::Body>,
+    ) -> (u16, serde_json::Value) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+    async fn wait_job(app: &axum::Router, id: u64) -> serde_json::Value {
+        let mut lines: Vec<String> = Vec::new();
+        for _ in 0..600 {
+            let (s, job) = call(
+                app,
+                axum::http::Request::get(format!("/v1/jobs/{id}?since={}", lines.len()))
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(s, 200);
+            for l in job["lines"].as_array().unwrap() {
+                assert_eq!(
+                    l["seq"].as_u64().unwrap() as usize,
+                    lines.len(),
+                    "polling with since returns only new lines"
+                );
+                lines.push(l["text"].as_str().unwrap().to_owned());
+            }
+            if job["state"] != "running" {
+                let mut job = job;
+                job["all_lines"] = serde_json::json!(lines);
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("job {id} did not finish");
+    }
+    let json = |method: &str, uri: String, body: &serde_json::Value| {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap()
+    };
+
+    let (s, body) = call(
+        &app,
+        json(
+            "POST",
+            "/v1/deployments".into(),
+            &serde_json::json!({"name": "x"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 422);
+    let fields: Vec<_> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        fields.contains(&"name".to_owned()) && fields.contains(&"template".to_owned()),
+        "{fields:?}"
+    );
+    let (s, _) = call(
+        &app,
+        json(
+            "POST",
+            "/v1/deployments".into(),
+            &serde_json::json!({"name": "acme", "colour": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    let req = serde_json::to_value(w.request(&name, "shared")).unwrap();
+    let (s, body) = call(&app, json("POST", "/v1/validate".into(), &req)).await;
+    assert_eq!((s, body["hosting"].as_str()), (200, Some("shared")));
+    let (s, body) = call(&app, json("POST", "/v1/deployments".into(), &req)).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["job"].as_u64().unwrap();
+    let job = wait_job(&app, id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["result"]["placement"]["host_instance_id"],
+        host.as_str()
+    );
+    let all: Vec<String> = serde_json::from_value(job["all_lines"].clone()).unwrap();
+    for step in [
+        "ssm: ",
+        "placement: reserved",
+        "volume: created",
+        "volume: attached",
+        "hostd: ",
+        "done",
+    ] {
+        assert!(
+            all.iter().any(|l| l.contains(step)),
+            "no {step:?} line in {all:?}"
+        );
+    }
+    let (s, st) = call(
+        &app,
+        axum::http::Request::get(format!("/v1/deployments/{name}"))
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (
+            s,
+            st["shared_host"].as_str(),
+            st["reservation_state"].as_str()
+        ),
+        (200, Some(host.as_str()), Some("running"))
+    );
+
+    let (s, body) = call(
+        &app,
+        axum::http::Request::delete(format!("/v1/deployments/{name}"))
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let job = wait_job(&app, body["job"].as_u64().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(w.leftovers(&name).await.is_empty());
+    w.cleanup().await;
+}
+
+/// Fails the Nth PutParameter before it leaves the client: a real fault in a real call path.
+#[derive(Debug)]
+struct FailNthPut {
+    n: usize,
+    seen: AtomicU32,
+}
+
+impl aws_sdk_ssm::config::Intercept for FailNthPut {
+    fn name(&self) -> &'static str {
+        "fail-nth-put-parameter"
+    }
+    fn read_before_execution(
+        &self,
+        context: &aws_sdk_ssm::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_ssm::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if context
+            .input()
+            .downcast_ref::<aws_sdk_ssm::operation::put_parameter::PutParameterInput>()
+            .is_some()
+        {
+            let seen = self.seen.fetch_add(1, Ordering::SeqCst) as usize + 1;
+            if seen == self.n {
+                return Err("injected PutParameter failure".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn ssm_failure_aborts_before_compute_and_restores_parameters() {
+    let mut w = World::new().await;
+    let name = w.customer("ssmfail").await;
+    let host = w.host(0, 8192, 8, &[]).await;
+    // brain-url exists from an earlier deploy with another value; it must be restored.
+    let url_param = format!("{}brain-url", name.ssm_prefix());
+    w.clients()
+        .ssm
+        .put_parameter()
+        .name(&url_param)
+        .value("http://old-brain:8080")
+        .r#type(ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let mut control = w.control.clone();
+    let shared_conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(moto())
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "AKIDCONTROLTEST",
+            "control-secret",
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await;
+    control.clients.ssm = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&shared_conf)
+            .interceptor(FailNthPut {
+                n: 4,
+                seen: AtomicU32::new(0),
+            })
+            .build(),
+    );
+    let spec = w.request(&name, "shared").validate().unwrap();
+    let (progress, lines) = recorder();
+    let err = control.deploy(&spec, &progress).await.unwrap_err();
+    assert!(err.to_string().contains("PutParameter"), "{err}");
+    let left = w.leftovers(&name).await;
+    assert_eq!(
+        left,
+        [format!("parameter {url_param}")],
+        "only the pre-existing parameter remains"
+    );
+    let url = w
+        .clients()
+        .ssm
+        .get_parameter()
+        .name(&url_param)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        url.parameter().unwrap().value(),
+        Some("http://old-brain:8080"),
+        "restored"
+    );
+    assert!(
+        w.reservation(&host, &name).await.is_none(),
+        "no placement after an SSM failure"
+    );
+    assert!(
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("rolled back")),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    w.cleanup().await;
+}
