@@ -159,15 +159,16 @@ async fn one_request(tls: &TlsConnector, addr: SocketAddr) -> std::io::Result<()
     }
 }
 
+/// Runs `concurrency` clients for `secs` against `t`: (requests ok, errors, seconds, proxy CPU µs).
 async fn rate(
     tls: &TlsConnector,
     t: &Target,
     secs: u64,
     concurrency: usize,
-) -> (f64, Option<f64>, u64) {
+) -> (u64, u64, f64, u64) {
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
-    let cpu0 = t.pid.map(cpu_us);
+    let cpu0 = t.pid.map_or(0, cpu_us);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..concurrency)
@@ -186,13 +187,13 @@ async fn rate(
     for t in tasks {
         t.await.unwrap();
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let n = ok.load(Ordering::Relaxed);
-    let cpu = t
-        .pid
-        .zip(cpu0)
-        .map(|(p, c0)| (cpu_us(p) - c0) as f64 / n.max(1) as f64);
-    (n as f64 / elapsed, cpu, err.load(Ordering::Relaxed))
+    let cpu = t.pid.map_or(0, cpu_us) - cpu0;
+    (
+        ok.load(Ordering::Relaxed),
+        err.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+        cpu,
+    )
 }
 
 async fn idle(tls: &TlsConnector, t: &Target, n: usize) -> Option<f64> {
@@ -268,7 +269,8 @@ fn make_certs(dir: &Path) -> PathBuf {
 }
 
 fn main() {
-    let secs = env_num("BENCH_SECS", 5);
+    let secs = env_num("BENCH_SECS", 3);
+    let rounds = env_num("BENCH_ROUNDS", 3);
     let concurrency = env_num("BENCH_CONCURRENCY", 16) as usize;
     let idle_n = env_num("BENCH_IDLE", 5000) as usize;
     // Every process here needs a descriptor per idle connection (the proxies two).
@@ -443,18 +445,38 @@ stream {{ map $ssl_preread_server_name $be {{ {NAME} 127.0.0.1:{b}; default 127.
 
     println!(
         "sni-proxy benchmark: loopback, {} cores, backend nginx (TLS 1.3, P-256), \
-         rate {secs} s x {concurrency} clients, {idle_n} idle connections, 1 GiB transfer",
+         rate {rounds} rounds x {secs} s x {concurrency} clients, {idle_n} idle connections, 1 GiB transfer",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut rows = Vec::new();
-    for t in &targets {
-        rt.block_on(async {
+    // The machine may be shared: the rate phase goes round-robin over the paths, `rounds`
+    // times, so that load from elsewhere falls on all of them alike.
+    let mut sums = vec![(0u64, 0u64, 0f64, 0u64); targets.len()];
+    rt.block_on(async {
+        for t in &targets {
             // Warm-up, so that lazily allocated pools do not count as per-connection cost.
             let _ = rate(&tls, t, 1, concurrency).await;
-            let (conns_per_s, cpu_us_per_conn, errors) = rate(&tls, t, secs, concurrency).await;
+        }
+        for _ in 0..rounds {
+            for (i, t) in targets.iter().enumerate() {
+                let (ok, err, secs, cpu) = rate(&tls, t, secs, concurrency).await;
+                let s = &mut sums[i];
+                (s.0, s.1, s.2, s.3) = (s.0 + ok, s.1 + err, s.2 + secs, s.3 + cpu);
+            }
+        }
+    });
+    let mut rows = Vec::new();
+    for (t, (ok, errors, secs, cpu)) in targets.iter().zip(sums) {
+        rt.block_on(async {
             let kib_per_idle = idle(&tls, t, idle_n).await;
             let mib_per_s = bulk(&tls, t).await;
-            let row = Row { name: t.name, conns_per_s, cpu_us_per_conn, kib_per_idle, mib_per_s, errors };
+            let row = Row {
+                name: t.name,
+                conns_per_s: ok as f64 / secs,
+                cpu_us_per_conn: t.pid.map(|_| cpu as f64 / ok.max(1) as f64),
+                kib_per_idle,
+                mib_per_s,
+                errors,
+            };
             eprintln!(
                 "{:<13} {:>9.0} conn/s  cpu {:>7} us/conn  idle {:>7} KiB/conn  {:>7.0} MiB/s  errors {}",
                 row.name,

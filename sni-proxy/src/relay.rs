@@ -2,7 +2,8 @@
 //!
 //! Half-close is kept: when one side sends FIN the other side's write half is shut down and
 //! the opposite direction goes on. A connection with no byte either way for the idle timeout
-//! is closed. A buffer is held only while data flows, so an idle connection costs no buffer.
+//! is closed. A buffer is held only while data flows (4 KiB, doubling up to 128 KiB for bulk flows),
+//! so an idle connection costs no buffer.
 
 use std::future::Future;
 use std::io::{self, ErrorKind};
@@ -14,8 +15,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-/// Size of the copy buffer a direction holds while data flows.
-const BUF: usize = 64 * 1024;
+/// First size of the copy buffer a direction takes when data arrives: handshakes and small
+/// exchanges never need more, and many connections doing them at once stay cheap.
+const BUF_MIN: usize = 4 * 1024;
+/// The buffer doubles, up to this, each time a read fills it (bulk transfer).
+const BUF_MAX: usize = 128 * 1024;
 
 /// Which side of the relay failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +75,8 @@ struct Dir {
     eof: bool,
     /// FIN passed on: this direction is finished.
     done: bool,
+    /// Buffer size to take at the next read; grows with the flow, kept while idle.
+    want: usize,
 }
 
 impl Dir {
@@ -117,13 +123,21 @@ impl Dir {
                 return Poll::Ready(Err((from_side, e)));
             }
             if self.buf.capacity() == 0 {
-                self.buf = Vec::with_capacity(BUF);
+                self.want = self.want.max(BUF_MIN);
+                self.buf = Vec::with_capacity(self.want);
             }
             self.buf.clear();
             self.pos = 0;
             match from.try_read_buf(&mut self.buf) {
                 Ok(0) => self.eof = true,
-                Ok(_) => *active = true,
+                Ok(n) => {
+                    *active = true;
+                    if n == self.buf.capacity() && self.want < BUF_MAX {
+                        // A full read: the flow is bulk, a bigger buffer means fewer syscalls.
+                        self.want *= 2;
+                        self.buf.reserve_exact(self.want - n);
+                    }
+                }
                 // Drained: give the buffer back while waiting, idle connections hold none.
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.buf = Vec::new(),
                 Err(e) => return Poll::Ready(Err((from_side, e))),
@@ -252,7 +266,7 @@ mod tests {
         let mut got = Vec::new();
         backend_app.read_to_end(&mut got).await.unwrap(); // sees EOF after the request
         assert_eq!(got, b"request");
-        let big = vec![42u8; 3 * BUF + 17];
+        let big = vec![42u8; 3 * BUF_MAX + 17];
         backend_app.write_all(&big).await.unwrap(); // answers after the client's FIN
         backend_app.shutdown().await.unwrap();
         let mut back = Vec::new();
