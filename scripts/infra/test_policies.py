@@ -32,7 +32,9 @@ def control_principal(w):
 
 
 def key_request(principal, action, c, extra=None):
+    # AWS puts kms:CallerAccount on every KMS request.
     ctx = {f"aws:ResourceTag/{k}": v for k, v in c.key_tags.items()}
+    ctx["kms:CallerAccount"] = principal.account
     ctx.update(extra or {})
     return Request(principal, action, c.key_arn, ctx)
 
@@ -129,8 +131,51 @@ def test_host_role_cannot_use_its_own_platform_key_either(world):
     ],
 )
 def test_host_role_has_no_infrastructure_rights(world, action, resource):
-    d = decide(Request(host_principal(world), action, resource), world.host.identity, world.host.boundary)
+    req = Request(host_principal(world), action, resource)
+    d = decide(req, world.host.identity, world.host.boundary)
     assert not d, f"host role may {action}: {d.reason}"
+    # Explicitly, so that a policy attached to the role later cannot grant it either.
+    d = decide(req, world.host.identity + [ADMIN], None)
+    assert not d and "explicit deny" in d.reason, (action, d.reason)
+
+
+HOST_EXPLICIT_DENIES = [
+    "ec2:CreateVolume", "ec2:TerminateInstances", "iam:CreateUser", "organizations:LeaveOrganization", "s3:PutObject",
+    "secretsmanager:GetSecretValue", "ssm:SendCommand", "ssm:StartSession", "ssm:CreateDocument", "ssm:UpdateDocument",
+    "cloudtrail:StopLogging", "cloudtrail:DeleteTrail", "cloudtrail:UpdateTrail", "cloudtrail:PutEventSelectors",
+    "guardduty:DeleteDetector", "guardduty:DisassociateFromMasterAccount", "guardduty:DisassociateFromAdministratorAccount",
+    "guardduty:UpdateDetector", "config:StopConfigurationRecorder", "config:DeleteConfigurationRecorder",
+    "config:DeleteDeliveryChannel", "logs:DeleteLogGroup", "logs:DeleteLogStream", "logs:PutRetentionPolicy",
+]
+
+
+@pytest.mark.parametrize("action", HOST_EXPLICIT_DENIES)
+def test_host_role_policy_explicitly_denies_infrastructure_and_audit_tampering(world, action):
+    d = decide(Request(host_principal(world), action, "*"), world.host.identity + [ADMIN], None)
+    assert not d and "explicit deny in identity" in d.reason, (action, d.reason)
+
+
+SSM_AGENT = [
+    ("ssm:UpdateInstanceInformation", "instance"), ("ssm:ListInstanceAssociations", "instance"),
+    ("ssm:DescribeAssociation", "instance"), ("ssm:UpdateInstanceAssociationStatus", "instance"),
+    ("ssm:GetDocument", "aws-document"), ("ssm:DescribeDocument", "own-document"),
+    ("ssmmessages:CreateControlChannel", "*"), ("ssmmessages:CreateDataChannel", "*"),
+    ("ssmmessages:OpenControlChannel", "*"), ("ssmmessages:OpenDataChannel", "*"),
+    ("ec2messages:AcknowledgeMessage", "*"), ("ec2messages:DeleteMessage", "*"), ("ec2messages:FailMessage", "*"),
+    ("ec2messages:GetEndpoint", "*"), ("ec2messages:GetMessages", "*"), ("ec2messages:SendReply", "*"),
+]
+
+
+@pytest.mark.parametrize("action,kind", SSM_AGENT)
+def test_host_role_keeps_every_ssm_agent_right_session_manager_and_run_command_need(world, action, kind):
+    resource = {
+        "instance": f"{EC2}:instance/i-0abc",
+        "aws-document": f"arn:aws:ssm:{REGION}::document/AWS-RunShellScript",
+        "own-document": f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/m8trx-doc",
+        "*": "*",
+    }[kind]
+    d = decide(Request(host_principal(world), action, resource), world.host.identity, world.host.boundary)
+    assert d, (action, d.reason)
 
 
 def test_host_role_keeps_ssm_agent_and_log_shipping(world):
@@ -289,6 +334,28 @@ def test_customer_uses_its_own_key_but_not_another_customers(world):
         ("kms:CreateGrant", "*"),
         ("kms:ScheduleKeyDeletion", "*"),
         ("sts:AssumeRole", "*"),
+        ("cloudtrail:UpdateTrail", "*"),
+        ("cloudtrail:PutEventSelectors", "*"),
+        ("guardduty:DisassociateFromMasterAccount", "*"),
+        ("guardduty:DisassociateFromAdministratorAccount", "*"),
+        ("guardduty:UpdateDetector", "*"),
+        ("config:DeleteConfigurationRecorder", "*"),
+        ("config:DeleteDeliveryChannel", "*"),
+        ("ec2:CreateSubnet", "*"),
+        ("ec2:CreateInternetGateway", "*"),
+        ("ec2:AttachInternetGateway", "*"),
+        ("ec2:CreateVpcPeeringConnection", "*"),
+        ("ec2:AcceptVpcPeeringConnection", "*"),
+        ("ssm:ResumeSession", "*"),
+        ("ssm:CreateDocument", "*"),
+        ("ec2:DetachVolume", "*"),
+        ("ec2:DeleteVolume", "*"),
+        ("ec2:ModifyInstanceAttribute", "*"),
+        ("ec2:RunInstances", "*"),
+        ("ec2:StopInstances", "*"),
+        ("ec2:TerminateInstances", "*"),
+        ("kms:PutKeyPolicy", "*"),
+        ("kms:DisableKey", "*"),
     ],
 )
 def test_boundary_explicit_denies_hold_even_against_an_admin_policy(world, action, resource):
@@ -401,3 +468,123 @@ def test_platform_key_serves_logs_and_launchers_only(world):
     for c in world.customers.values():
         d = decide(Request(customer_principal(c), "kms:Decrypt", world.host_key_arn), [ADMIN], None, world.host_key_policy, kms_key_policy=True)
         assert not d, d.reason
+
+
+# --- each layer of the key path on its own, and what the roles must still be able to do -------------
+
+PERMISSIVE_KEY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"}],
+}
+
+
+def test_control_identity_alone_reaches_customer_keys_only_through_ebs(world):
+    """Even under a key policy that delegated everything to IAM, control's own policy holds."""
+    p = control_principal(world)
+    acme = world.customers["acme"]
+    grant = {**VIA_EC2, "kms:GrantIsForAWSResource": "true"}
+    assert decide(key_request(p, "kms:CreateGrant", acme, grant), world.control.identity, None, PERMISSIVE_KEY, kms_key_policy=True)
+    for action, extra in [
+        ("kms:CreateGrant", VIA_EC2),
+        ("kms:CreateGrant", {"kms:GrantIsForAWSResource": "true"}),
+        ("kms:Decrypt", {}),
+        ("kms:GenerateDataKeyWithoutPlaintext", {}),
+    ]:
+        d = decide(key_request(p, action, acme, extra), world.control.identity, None, PERMISSIVE_KEY, kms_key_policy=True)
+        assert not d, (action, extra, d.reason)
+    other_key = Request(p, "kms:CreateGrant", world.host_key_arn, {**grant, "aws:ResourceTag/m8trx:role": "platform-key", "kms:CallerAccount": ACCOUNT})
+    assert not decide(other_key, world.control.identity, None, PERMISSIVE_KEY, kms_key_policy=True)
+
+
+@pytest.mark.parametrize("who", ["dashboard", "customer-beta", "host"])
+def test_no_other_principal_reaches_a_customer_key_even_through_ebs(world, who):
+    acme = world.customers["acme"]
+    p = {
+        "dashboard": Principal(ACCOUNT, role_arn=CONTROL_RUNS_AS, session_name="d"),
+        "customer-beta": customer_principal(world.customers["beta"]),
+        "host": host_principal(world),
+    }[who]
+    for action in ["kms:CreateGrant", "kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:Encrypt"]:
+        for extra in [{}, {**VIA_EC2, "kms:GrantIsForAWSResource": "true"}]:
+            d = decide(key_request(p, action, acme, extra), [ADMIN], None, acme.key_policy, kms_key_policy=True)
+            assert not d, (who, action, extra, d.reason)
+
+
+def test_platform_key_denies_the_host_role_on_its_own_and_launchers_use_it_only_through_ebs(world):
+    req = Request(host_principal(world), "kms:Decrypt", world.host_key_arn, {"kms:CallerAccount": ACCOUNT, **VIA_EC2})
+    d = decide(req, [ADMIN], None, world.host_key_policy, kms_key_policy=True)
+    assert not d and "resource policy" in d.reason, d.reason
+    admin = Principal(ACCOUNT, role_arn=world.shared_host_module_args["key_admin_arns"][0], session_name="tf")
+    ok = Request(admin, "kms:CreateGrant", world.host_key_arn, {"kms:CallerAccount": ACCOUNT, **VIA_EC2})
+    assert decide(ok, [], None, world.host_key_policy, kms_key_policy=True)
+    for action in ["kms:Decrypt", "kms:CreateGrant", "kms:GenerateDataKeyWithoutPlaintext"]:
+        direct = Request(admin, action, world.host_key_arn, {"kms:CallerAccount": ACCOUNT})
+        assert not decide(direct, [ADMIN], None, world.host_key_policy, kms_key_policy=True), action
+    assert decide(Request(admin, "kms:ScheduleKeyDeletion", world.host_key_arn, {}), [], None, world.host_key_policy, kms_key_policy=True)
+
+
+def test_customer_role_can_use_everything_its_boundary_promises(world):
+    acme = world.customers["acme"]
+    p = customer_principal(acme)
+    extra_policy = {  # what an operator may attach to the role; the boundary decides what is left
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["s3:*", "logs:*", "secretsmanager:*"], "Resource": "*"}],
+    }
+    for action, res in [
+        ("s3:ListBucket", "arn:aws:s3:::m8trx-acme-data"),
+        ("s3:GetBucketLocation", "arn:aws:s3:::m8trx-acme-data"),
+        ("s3:PutObject", "arn:aws:s3:::m8trx-acme-data/k"),
+        ("s3:GetObject", "arn:aws:s3:::m8trx-acme-data/k"),
+        ("s3:DeleteObject", "arn:aws:s3:::m8trx-acme-data/k"),
+        ("secretsmanager:GetSecretValue", f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:m8trx/acme/db-AbCdEf"),
+        ("logs:CreateLogStream", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/m8trx/acme/app"),
+        ("logs:PutLogEvents", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/m8trx/acme/app:log-stream:s"),
+    ]:
+        d = decide(Request(p, action, res), acme.role.identity + [extra_policy], acme.role.boundary)
+        assert d, (action, res, d.reason)
+    for action in ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:DescribeKey"]:
+        d = decide(key_request(p, action, acme), acme.role.identity, acme.role.boundary, acme.key_policy, kms_key_policy=True)
+        assert d, (action, d.reason)
+
+
+def test_control_can_do_its_job(world):
+    p = control_principal(world)
+    tenant = {"aws:ResourceTag/m8trx:role": "tenant-volume"}
+    for action, res, ctx in [
+        ("ssm:PutParameter", f"{SSM}/m8trx/acme/brain-key", {}),
+        ("ssm:GetParameter", f"{SSM}/m8trx/acme/brain-url", {}),
+        ("ssm:DeleteParameters", f"{SSM}/m8trx/acme/brain-key", {}),
+        ("ssm:AddTagsToResource", f"{SSM}/m8trx/acme/brain-key", {}),
+        ("ssm:GetCommandInvocation", "*", {}),
+        ("ssm:SendCommand", f"arn:aws:ssm:{REGION}::document/AWS-RunShellScript", {}),
+        ("ec2:DeleteVolume", f"{EC2}:volume/vol-1", tenant),
+        ("ec2:DetachVolume", f"{EC2}:volume/vol-1", tenant),
+        ("ec2:CreateSnapshot", f"{EC2}:volume/vol-1", tenant),
+        ("ec2:CreateSnapshot", f"arn:aws:ec2:{REGION}::snapshot/*", {}),
+        ("ec2:CreateTags", f"{EC2}:volume/vol-1", {"ec2:CreateAction": "CreateVolume"}),
+        ("ec2:CreateTags", f"arn:aws:ec2:{REGION}::snapshot/snap-1", {"ec2:CreateAction": "CreateSnapshot"}),
+        ("ec2:DescribeInstances", "*", {}),
+        ("ec2:DescribeVolumes", "*", {}),
+        ("ec2:DescribeAvailabilityZones", "*", {}),
+    ]:
+        d = decide(Request(p, action, res, ctx), world.control.identity)
+        assert d, (action, res, d.reason)
+    for action, res, ctx in [
+        ("ssm:PutParameter", f"{SSM}/other/x", {}),
+        ("ec2:CreateTags", f"{EC2}:volume/vol-1", {}),
+        ("ec2:CreateTags", f"{EC2}:instance/i-1", {"ec2:CreateAction": "CreateVolume"}),
+        ("ec2:DeleteVolume", f"{EC2}:volume/vol-2", {"aws:ResourceTag/m8trx:role": "shared-host-root"}),
+        ("ec2:CreateVolume", f"{EC2}:volume/*", {"ec2:Encrypted": "true", "aws:RequestTag/Customer": "acme"}),
+    ]:
+        d = decide(Request(p, action, res, ctx), world.control.identity)
+        assert not d, (action, res, d.reason)
+
+
+@pytest.mark.parametrize("role,service", [("host", "ec2.amazonaws.com"), ("dlm", "dlm.amazonaws.com")])
+def test_service_roles_trust_only_their_service(world, role, service):
+    r = {"host": world.host, "dlm": world.dlm}[role]
+    for svc, ok in [(service, True), ("lambda.amazonaws.com", False), ("ecs-tasks.amazonaws.com", False)]:
+        d = assume_role(Principal(ACCOUNT, service=svc), r.arn, r.tags, r.trust, [], None, external_id=None, session_name="s")
+        assert bool(d) == ok, (role, svc, d.reason)
+    d = assume_role(customer_principal(world.customers["acme"]), r.arn, r.tags, r.trust, [ADMIN], None, external_id=None, session_name="s")
+    assert not d, d.reason
