@@ -4,6 +4,7 @@
 //! (densest packing), then reserve-and-verify so two concurrent placements never over-commit.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_ec2::types::Instance;
 use serde::Serialize;
@@ -362,11 +363,89 @@ pub async fn release(ec2: &aws_sdk_ec2::Client, instance_id: &str, tenant: &str)
     Ok(())
 }
 
-/// Picks a host and reserves room on it. Reserve-then-verify: after writing its tag, control
-/// re-reads the host; if a concurrent placement over-committed it, it withdraws and tries the
-/// next host, so the ledger never stays over capacity.
+/// SSM parameter that serialises placements on one host: created with `Overwrite=false`,
+/// which SSM performs atomically, and deleted when the placement is written.
+pub fn lock_parameter(instance_id: &str) -> String {
+    format!("/m8trx-control/placement-lock/{instance_id}")
+}
+
+/// A lock older than this is left over from a crashed placement and is broken.
+pub const LOCK_STALE: Duration = Duration::from_secs(60);
+/// How long a placement waits for another placement's lock before giving up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+async fn acquire_lock(ssm: &aws_sdk_ssm::Client, instance_id: &str, tenant: &str) -> Result<()> {
+    let name = lock_parameter(instance_id);
+    let started = Instant::now();
+    let mut delay_ms = 50u64;
+    loop {
+        let put = ssm
+            .put_parameter()
+            .name(&name)
+            .value(tenant)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(false)
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_already_exists()) => {}
+            Err(e) => {
+                return Err(ControlError::aws(
+                    format!("PutParameter {name} (placement lock)"),
+                    e,
+                ))
+            }
+        }
+        // Held by someone else: break it if it is stale, otherwise wait.
+        if let Ok(got) = ssm.get_parameter().name(&name).send().await {
+            let modified = got
+                .parameter()
+                .and_then(|p| p.last_modified_date())
+                .map(|d| d.secs());
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let age = modified.map(|m| now.saturating_sub(u64::try_from(m).unwrap_or(0)));
+            if age.is_some_and(|a| a > LOCK_STALE.as_secs()) {
+                let _ = ssm.delete_parameter().name(&name).send().await;
+                continue;
+            }
+        }
+        if started.elapsed() > LOCK_WAIT {
+            return Err(ControlError::Conflict(format!(
+                "placement lock {name} on shared host {instance_id} is held by another placement \
+                 for over {} s; try again (a lock older than {} s is broken automatically)",
+                LOCK_WAIT.as_secs(),
+                LOCK_STALE.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        delay_ms = (delay_ms * 2).min(500);
+    }
+}
+
+async fn release_lock(ssm: &aws_sdk_ssm::Client, instance_id: &str, progress: &Progress) {
+    let name = lock_parameter(instance_id);
+    if let Err(e) = ssm.delete_parameter().name(&name).send().await {
+        progress.line(format!(
+            "placement: could not remove lock {name} ({}); it expires after {} s",
+            aws_sdk_ssm::error::DisplayErrorContext(&e),
+            LOCK_STALE.as_secs()
+        ));
+    }
+}
+
+/// Picks a host and reserves room on it. Placements on one host are serialised by an SSM
+/// parameter created atomically (see [`lock_parameter`]); under the lock control re-reads the
+/// host, writes its ledger tag only if the tenant still fits, and verifies afterwards, so the
+/// ledger never stays over capacity even if a stale lock was broken.
 pub async fn place(
     ec2: &aws_sdk_ec2::Client,
+    ssm: &aws_sdk_ssm::Client,
     pool: &str,
     tenant: &str,
     need: Need,
@@ -374,6 +453,7 @@ pub async fn place(
     progress: &Progress,
 ) -> Result<(Host, Reservation)> {
     let mut tried: Vec<String> = Vec::new();
+    let mut collisions = 0u32;
     loop {
         let hosts = list_hosts(ec2, pool, progress).await?;
         let candidates: Vec<Host> = hosts
@@ -386,30 +466,55 @@ pub async fn place(
                 pool, tenant, &hosts, need, zone,
             )));
         };
-        let r = Reservation {
-            tenant: tenant.to_owned(),
-            memory_mib: need.memory_mib,
-            cpu_millis: need.cpu_millis,
-            state: "reserved".to_owned(),
-            volume_id: None,
-        };
-        write_reservation(ec2, &host.instance_id, &r).await?;
-        let after = get_host(ec2, &host.instance_id).await?;
-        let f = after.free();
-        if f.memory_mib >= 0 && f.cpu_millis >= 0 && f.slots >= 0 {
-            progress.line(format!(
-                "placement: reserved {} MiB, {} mCPU on shared host {} ({}); {} MiB, {} slot(s) left",
-                need.memory_mib, need.cpu_millis, after.instance_id, after.availability_zone, f.memory_mib, f.slots
-            ));
-            return Ok((after, r));
+        let id = host.instance_id.clone();
+        acquire_lock(ssm, &id, tenant).await?;
+        let placed = reserve_locked(ec2, &id, tenant, need).await;
+        release_lock(ssm, &id, progress).await;
+        match placed? {
+            Some((after, r)) => {
+                let f = after.free();
+                progress.line(format!(
+                    "placement: reserved {} MiB, {} mCPU on shared host {} ({}); {} MiB, {} slot(s) left",
+                    need.memory_mib, need.cpu_millis, after.instance_id, after.availability_zone, f.memory_mib, f.slots
+                ));
+                return Ok((after, r));
+            }
+            None if collisions < 3 => {
+                // Full under the lock (another placement got there first), or over-committed
+                // because a lock was broken: look again, this host last.
+                collisions += 1;
+                tried.push(id);
+            }
+            None => tried.push(id),
         }
-        progress.line(format!(
-            "placement: {} was over-committed by a concurrent placement; withdrawing and retrying",
-            host.instance_id
-        ));
-        release(ec2, &host.instance_id, tenant).await?;
-        tried.push(host.instance_id.clone());
     }
+}
+
+async fn reserve_locked(
+    ec2: &aws_sdk_ec2::Client,
+    instance_id: &str,
+    tenant: &str,
+    need: Need,
+) -> Result<Option<(Host, Reservation)>> {
+    let current = get_host(ec2, instance_id).await?;
+    if current.reservation(tenant).is_none() && !current.fits(need) {
+        return Ok(None);
+    }
+    let r = Reservation {
+        tenant: tenant.to_owned(),
+        memory_mib: need.memory_mib,
+        cpu_millis: need.cpu_millis,
+        state: "reserved".to_owned(),
+        volume_id: None,
+    };
+    write_reservation(ec2, instance_id, &r).await?;
+    let after = get_host(ec2, instance_id).await?;
+    let f = after.free();
+    if f.memory_mib >= 0 && f.cpu_millis >= 0 && f.slots >= 0 {
+        return Ok(Some((after, r)));
+    }
+    release(ec2, instance_id, tenant).await?;
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -58,6 +58,9 @@ pub struct DeleteOutcome {
     pub shared: SharedRemoval,
     /// Dedicated instances terminated.
     pub instances_terminated: Vec<String>,
+    /// Detached volumes of the customer deleted (e.g. a root volume kept by an earlier
+    /// `--keep-volume` delete).
+    pub volumes_deleted: Vec<String>,
     /// SSM parameters deleted.
     pub ssm_parameters_deleted: usize,
 }
@@ -216,14 +219,47 @@ impl Control {
         ));
         let shared = shared::delete(c, cfg, name, keep_volume, progress).await?;
         let instances_terminated = dedicated::delete(c, cfg, name, keep_volume, progress).await?;
+        let volumes_deleted = if keep_volume {
+            Vec::new()
+        } else {
+            self.delete_kept_volumes(name, progress).await?
+        };
         let ssm_parameters_deleted = params::delete_parameters(&c.ssm, name, progress).await?;
         progress.line(format!("delete {name}: done"));
         Ok(DeleteOutcome {
             name: name.to_string(),
             shared,
             instances_terminated,
+            volumes_deleted,
             ssm_parameters_deleted,
         })
+    }
+
+    /// Deletes detached volumes control made for `name` that earlier steps left (kept ones).
+    async fn delete_kept_volumes(
+        &self,
+        name: &CustomerName,
+        progress: &Progress,
+    ) -> Result<Vec<String>> {
+        let mut deleted = Vec::new();
+        for v in all_customer_volumes(&self.clients.ec2, name).await? {
+            let managed = crate::tags::get(v.tags(), crate::tags::MANAGED_BY)
+                == Some(crate::tags::MANAGED_BY_VALUE);
+            let detached = v.state() == Some(&aws_sdk_ec2::types::VolumeState::Available);
+            let Some(id) = v.volume_id().filter(|_| managed && detached) else {
+                continue;
+            };
+            self.clients
+                .ec2
+                .delete_volume()
+                .volume_id(id)
+                .send()
+                .await
+                .map_err(|e| ControlError::aws(format!("DeleteVolume {id}"), e))?;
+            progress.line(format!("volume: deleted kept volume {id}"));
+            deleted.push(id.to_owned());
+        }
+        Ok(deleted)
     }
 
     /// Reads what exists for `name` (by tag, path and ledger).

@@ -269,6 +269,7 @@ pub async fn deploy(
                 let zone = existing_volume_zone(clients, &spec.name).await?;
                 inventory::place(
                     &clients.ec2,
+                    &clients.ssm,
                     &config.pool,
                     name,
                     need(spec),

@@ -841,6 +841,7 @@ async fn half_done_deploy_and_delete_are_completed_by_a_rerun() {
     let c = w.clients();
     inventory::place(
         &c.ec2,
+        &c.ssm,
         &w.control.config.pool,
         name.as_str(),
         Need {
@@ -1197,4 +1198,153 @@ async fn ssm_failure_aborts_before_compute_and_restores_parameters() {
         lines.lock().unwrap()
     );
     w.cleanup().await;
+}
+
+#[tokio::test]
+async fn dedicated_keep_volume_keeps_the_root_volume_until_a_plain_delete() {
+    let mut w = World::new().await;
+    let name = w.customer("dkeep").await;
+    let spec = w.request(&name, "dedicated").validate().unwrap();
+    let out = w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    let control::ops::Placement::Dedicated(p) = &out.placement else {
+        panic!("{out:?}")
+    };
+    let root = p.root_volume_id.clone().unwrap();
+    let kept = w
+        .control
+        .delete(&name, true, &Progress::silent())
+        .await
+        .unwrap();
+    assert_eq!(kept.instances_terminated, [p.instance_id.as_str()]);
+    let left = w.leftovers(&name).await;
+    assert_eq!(left.len(), 1, "only the kept root volume: {left:?}");
+    assert!(left[0].contains(&root), "{left:?}");
+    let gone = w
+        .control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .unwrap();
+    assert_eq!(gone.volumes_deleted, [root.as_str()]);
+    assert!(w.leftovers(&name).await.is_empty());
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn concurrent_placements_never_over_commit_a_host() {
+    let mut w = World::new().await;
+    let host = w.host(0, 8192, 1, &[]).await; // room for exactly one tenant
+    let need = Need {
+        memory_mib: 1024,
+        cpu_millis: 500,
+    };
+    let tenants: Vec<String> = (0..4).map(|i| unique(&format!("race{i}"))).collect();
+    let ec2 = w.clients().ec2.clone();
+    let ssm = w.clients().ssm.clone();
+    let pool = w.control.config.pool.clone();
+    let runs = tenants.iter().map(|t| {
+        let (ec2, ssm, pool, t) = (ec2.clone(), ssm.clone(), pool.clone(), t.clone());
+        tokio::spawn(async move {
+            inventory::place(&ec2, &ssm, &pool, &t, need, None, &Progress::silent()).await
+        })
+    });
+    let results: Vec<_> = futures_join(runs).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, ControlError::NoCapacity(_)), "{e}");
+        }
+    }
+    let h = inventory::get_host(&w.clients().ec2, &host).await.unwrap();
+    eprintln!(
+        "concurrent placements: {won} of {} won the single slot",
+        results.len()
+    );
+    assert_eq!(won, 1, "exactly one placement wins the single slot");
+    assert_eq!(
+        h.reservations.len(),
+        won,
+        "ledger matches the winners: {:?}",
+        h.reservations
+    );
+    assert!(h.free().slots >= 0 && h.free().memory_mib >= 0);
+    let lock = w
+        .clients()
+        .ssm
+        .get_parameter()
+        .name(inventory::lock_parameter(&host))
+        .send()
+        .await;
+    assert!(lock.is_err(), "the placement lock is removed after use");
+    for t in &tenants {
+        let _ = inventory::release(&w.clients().ec2, &host, t).await;
+    }
+    w.cleanup().await;
+}
+
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn cli_exit_codes_name_the_field_and_missing_prerequisites() {
+    let bin = env!("CARGO_BIN_EXE_control");
+    let out = std::process::Command::new(bin)
+        .args([
+            "validate",
+            "--name",
+            "acme",
+            "--template",
+            "agent",
+            "--hosting",
+            "shared",
+            "--regulated",
+        ])
+        .env("M8TRX_BRAIN_KEY", "br_x")
+        .env("M8TRX_TAILSCALE_AUTH_KEY", "tskey-x")
+        .env("M8TRX_AGENT_FETCH_PAT", "ghp_x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hosting: regulated customers run on dedicated EC2 only"),
+        "{err}"
+    );
+
+    // A deploy whose customer has no CMK stops before writing anything: exit 4.
+    let name = unique("cli");
+    let out = std::process::Command::new(bin)
+        .args([
+            "--brain-url",
+            "http://brain:8080",
+            "deploy",
+            "--name",
+            &name,
+            "--template",
+            "baseline",
+        ])
+        .env("M8TRX_AWS_ENDPOINT", moto())
+        .env("AWS_ACCESS_KEY_ID", "AKIDCONTROLTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "control-secret")
+        .env("AWS_REGION", REGION)
+        .env("M8TRX_BRAIN_KEY", "br_x")
+        .env("M8TRX_TAILSCALE_AUTH_KEY", "tskey-x")
+        .env("M8TRX_AGENT_FETCH_PAT", "ghp_x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("alias/m8trx-{name} does not exist")),
+        "{err}"
+    );
+    let w = World::new().await;
+    let cname = CustomerName::parse(&name).unwrap();
+    assert!(w.leftovers(&cname).await.is_empty());
 }
