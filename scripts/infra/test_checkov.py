@@ -28,8 +28,9 @@ def collect(proc: subprocess.Popen) -> dict:
     assert stdout.strip(), f"checkov printed nothing (exit {proc.returncode}): {stderr[-2000:]}"
     out = json.loads(stdout)
     reports = out if isinstance(out, list) else [out]
-    results = {"passed": [], "failed": [], "skipped": []}
+    results = {"passed": [], "failed": [], "skipped": [], "parsing_errors": 0}
     for rep in reports:
+        results["parsing_errors"] += rep.get("summary", {}).get("parsing_errors", 0)
         res = rep.get("results", {})
         for kind in results:
             results[kind] += res.get(f"{kind}_checks", [])
@@ -58,6 +59,7 @@ def test_checkov_finds_no_failed_check(scans, target):
     results = scans[target]
     print(f"checkov {target}: {len(results['passed'])} passed, {len(results['failed'])} failed, {len(results['skipped'])} skipped")
     assert not results["failed"], "checkov failed checks:\n" + describe(results["failed"])
+    assert results["parsing_errors"] == 0, f"checkov could not parse {results['parsing_errors']} file(s) of {target}"
     assert len(results["passed"]) >= 50, f"checkov ran too few checks on {target}: {len(results['passed'])}"
     ids = {c["check_id"] for c in results["passed"]}
     if target == "rendered-policies":
