@@ -32,7 +32,7 @@ def collect(proc: subprocess.Popen) -> dict:
     for rep in reports:
         results["parsing_errors"] += rep.get("summary", {}).get("parsing_errors", 0)
         res = rep.get("results", {})
-        for kind in results:
+        for kind in ("passed", "failed", "skipped"):
             results[kind] += res.get(f"{kind}_checks", [])
     return results
 
