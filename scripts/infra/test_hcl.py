@@ -179,7 +179,7 @@ def test_example_tfvars_satisfy_the_module_validations():
     ext_re = _regex_of(cr["external_id"]["validation"][0]["condition"])
     for name, c in tfvars["shared_customers"].items():
         ext = unquote(c["external_id"])
-        assert re.fullmatch(name_re, unquote(name)) and re.fullmatch(ext_re, ext) and 32 <= len(ext) <= 1224
+        assert re.fullmatch(name_re, unquote(name)) and re.fullmatch(ext_re, ext) and 32 <= len(ext) <= 256
     assert re.fullmatch(_regex_of(sh["ami_id"]["validation"][0]["condition"]), unquote(tfvars["shared_host_ami_id"]))
     host_re = _regex_of(sh["hosts"]["validation"][0]["condition"])
     assert all(re.fullmatch(host_re, unquote(h)) for h in tfvars["hosts"])

@@ -588,3 +588,59 @@ def test_service_roles_trust_only_their_service(world, role, service):
         assert bool(d) == ok, (role, svc, d.reason)
     d = assume_role(customer_principal(world.customers["acme"]), r.arn, r.tags, r.trust, [ADMIN], None, external_id=None, session_name="s")
     assert not d, d.reason
+
+
+def test_control_reads_what_placement_needs_and_keeps_its_ledger_on_shared_hosts_only(world):
+    """The calls control makes on the shared path (control/src): GetRole of the customer role
+    (its m8trx:external-id tag), DescribeKey of the CMK, DescribeParameters, and the
+    m8trx:tenant:<name> reservation tags on the chosen host."""
+    p = control_principal(world)
+    acme = world.customers["acme"]
+    assert acme.role.tags["m8trx:external-id"] == acme.external_id
+    assert decide(Request(p, "iam:GetRole", acme.role.arn), world.control.identity)
+    assert decide(key_request(p, "kms:DescribeKey", acme), world.control.identity, None, acme.key_policy, kms_key_policy=True)
+    assert decide(Request(p, "ssm:DescribeParameters", "*"), world.control.identity)
+    host = {"aws:ResourceTag/m8trx:role": "shared-host"}
+    for action in ["ec2:CreateTags", "ec2:DeleteTags"]:
+        ok = Request(p, action, f"{EC2}:instance/i-1", {**host, "aws:TagKeys": ["m8trx:tenant:acme"]})
+        assert decide(ok, world.control.identity), action
+        for ctx in [
+            {**host, "aws:TagKeys": ["m8trx:role"]},
+            {**host, "aws:TagKeys": ["m8trx:tenant:acme", "m8trx:max-tenants"]},
+            {**host},
+            {"aws:ResourceTag/m8trx:role": "dedicated-instance", "aws:TagKeys": ["m8trx:tenant:acme"]},
+        ]:
+            assert not decide(Request(p, action, f"{EC2}:instance/i-1", ctx), world.control.identity), (action, ctx)
+    for action, res in [
+        ("iam:GetRole", world.control.arn),
+        ("iam:GetRole", world.host.arn),
+        ("iam:PassRole", acme.role.arn),
+        ("iam:TagRole", acme.role.arn),
+        ("iam:UpdateAssumeRolePolicy", acme.role.arn),
+    ]:
+        assert not decide(Request(p, action, res), world.control.identity), (action, res)
+        assert not decide(Request(p, action, res), world.control.identity + [ADMIN]) or action == "iam:GetRole", (action, res)
+
+
+def test_control_writes_a_customers_secure_parameters_with_its_key_through_ssm_only(world):
+    p = control_principal(world)
+    acme = world.customers["acme"]
+    via_ssm = {"kms:ViaService": f"ssm.{REGION}.amazonaws.com"}
+    own = {**via_ssm, "kms:EncryptionContext:PARAMETER_ARN": f"{SSM}/m8trx/acme/brain-key"}
+    for action in ["kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"]:
+        d = decide(key_request(p, action, acme, own), world.control.identity, None, acme.key_policy, kms_key_policy=True)
+        assert d, (action, d.reason)
+        for ctx in [
+            {**via_ssm, "kms:EncryptionContext:PARAMETER_ARN": f"{SSM}/m8trx/beta/brain-key"},
+            {**via_ssm, "kms:EncryptionContext:PARAMETER_ARN": f"{SSM}/other/x"},
+            via_ssm,
+            {"kms:EncryptionContext:PARAMETER_ARN": f"{SSM}/m8trx/acme/brain-key"},
+        ]:
+            d = decide(key_request(p, action, acme, ctx), [ADMIN], None, acme.key_policy, kms_key_policy=True)
+            assert not d, (action, ctx, "key policy alone", d.reason)
+    # The customer reads its SecureStrings (SSM decrypts with its key on its behalf).
+    c = customer_principal(acme)
+    assert decide(key_request(c, "kms:Decrypt", acme, own), acme.role.identity, acme.role.boundary, acme.key_policy, kms_key_policy=True)
+    # And the host role still gets nothing, through SSM either.
+    d = decide(key_request(host_principal(world), "kms:Decrypt", acme, own), [ADMIN], None, acme.key_policy, kms_key_policy=True)
+    assert not d, d.reason

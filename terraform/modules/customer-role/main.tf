@@ -40,6 +40,7 @@ resource "aws_kms_key" "customer" {
     account_id                   = local.account_id
     region                       = local.region
     key_admin_arns               = var.key_admin_arns
+    customer_name                = var.name
     customer_role_arn            = local.role_arn
     control_role_arn             = var.control_role_arn
     shared_host_role_arn_pattern = local.shared_host_role_arn_pattern
@@ -83,8 +84,9 @@ resource "aws_iam_role" "customer" {
     shared_host_role_arns = var.shared_host_role_arns
   })
 
-  # m8trx:role=customer is the tag the shared-host role requires on any role it assumes.
-  tags = merge(local.tags, { "m8trx:role" = "customer" })
+  # m8trx:role=customer is the tag the shared-host role requires on any role it assumes;
+  # control reads the external id from m8trx:external-id (iam:GetRole) for the tenant spec.
+  tags = merge(local.tags, { "m8trx:role" = "customer", "m8trx:external-id" = var.external_id })
 }
 
 resource "aws_iam_role_policy" "brain_telemetry_ssm_read" {

@@ -14,8 +14,8 @@ variable "external_id" {
   sensitive   = true
 
   validation {
-    condition     = length(var.external_id) >= 32 && length(var.external_id) <= 1224 && can(regex("^[A-Za-z0-9+=,.@:/_-]+$", var.external_id))
-    error_message = "The external id must be 32-1224 characters of [A-Za-z0-9+=,.@:/_-] (STS's charset; at least 32 so it cannot be guessed)."
+    condition     = length(var.external_id) >= 32 && length(var.external_id) <= 256 && can(regex("^[A-Za-z0-9+=.@:/_-]+$", var.external_id))
+    error_message = "The external id must be 32-256 characters of [A-Za-z0-9+=.@:/_-]: within STS's charset and storable as the role's m8trx:external-id tag; at least 32 so it cannot be guessed."
   }
 }
 

@@ -231,9 +231,10 @@ resource "aws_iam_role_policy" "control" {
   role = aws_iam_role.control.id
 
   policy = templatefile("${path.module}/policies/control-permissions.json.tftpl", {
-    partition  = local.partition
-    region     = local.region
-    account_id = local.account_id
+    partition          = local.partition
+    region             = local.region
+    account_id         = local.account_id
+    customer_role_path = var.customer_role_path
   })
 }
 
