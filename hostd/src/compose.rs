@@ -681,7 +681,7 @@ impl<'a> Project<'a> {
     pub async fn deploy(
         &self,
         doc: &Mapping,
-        progress: &mut dyn FnMut(String),
+        progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<Vec<String>, ComposeError> {
         let empty = Mapping::new();
         let services = match doc.get("services") {

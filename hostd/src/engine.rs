@@ -322,6 +322,18 @@ pub async fn purge(cfg: &EngineConfig, wipe_data: bool) -> Result<(), EngineErro
                     let _ = d.remove_container(&id, Some(rm)).await;
                 }
             }
+            // dockerd leaves its bridges on the host when it stops; remove its networks first.
+            let nets = d
+                .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+                .await;
+            for n in nets.unwrap_or_default() {
+                match n.name.as_deref() {
+                    Some("none" | "host" | "bridge") | None => {}
+                    Some(name) => {
+                        let _ = d.remove_network(name).await;
+                    }
+                }
+            }
         }
         engine.stop(Duration::from_secs(15))?;
     }
@@ -365,6 +377,14 @@ pub async fn purge(cfg: &EngineConfig, wipe_data: bool) -> Result<(), EngineErro
             .stderr(Stdio::null())
             .status();
     }
+    // Bridges a dead engine could not remove: any interface holding an address of the
+    // tenant's subnet belongs to the tenant.
+    for link in links_in_subnet(cfg.subnet) {
+        let _ = Command::new("ip")
+            .args(["link", "delete", &link])
+            .stderr(Stdio::null())
+            .status();
+    }
     let mut roots = vec![cfg.exec_root()];
     roots.push(cfg.data_root.clone());
     for root in &roots {
@@ -378,6 +398,31 @@ pub async fn purge(cfg: &EngineConfig, wipe_data: bool) -> Result<(), EngineErro
         std::fs::remove_dir_all(&cfg.data_root).map_err(cfg.io_err("remove", &cfg.data_root))?;
     }
     Ok(())
+}
+
+/// Interfaces holding an IPv4 address inside `subnet` (from `ip -4 -o addr`).
+pub fn links_in_subnet(subnet: (Ipv4Addr, u8)) -> Vec<String> {
+    let (net, prefix) = subnet;
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut links: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let link = f.nth(1)?.to_owned();
+            let addr: Ipv4Addr = f.nth(1)?.split('/').next()?.parse().ok()?;
+            (u32::from(addr) & mask == u32::from(net) & mask && link != "lo").then_some(link)
+        })
+        .collect();
+    links.dedup();
+    links
 }
 
 /// Mount points at or below `root`, deepest first (from /proc/self/mountinfo).

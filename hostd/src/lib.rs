@@ -1,8 +1,10 @@
 //! hostd library: the pieces of the host daemon, kept in a library so tests and the
 //! `hostd ctl` CLI share them. Each module owns one responsibility.
 
+pub mod api;
 pub mod cgroup;
 pub mod compose;
+pub mod ctl;
 pub mod engine;
 pub mod ids;
 pub mod lifecycle;

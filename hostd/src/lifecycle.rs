@@ -149,6 +149,28 @@ impl Host {
         }
     }
 
+    /// What hostd forces onto every container of the tenant.
+    pub fn hardening(&self, r: &Record) -> crate::compose::Hardening {
+        let memory = i64::try_from(r.spec.limits.memory.0).unwrap_or(i64::MAX);
+        crate::compose::Hardening {
+            // The tenant seccomp profile travels as JSON content (the API wants content,
+            // not a path). AppArmor joins once profiles are installed per tenant (issue #6).
+            security_opt: crate::profiles::SeccompProfile::tenant()
+                .and_then(|p| p.to_compact_json())
+                .map(|json| vec![format!("seccomp={json}"), "no-new-privileges:true".into()])
+                .unwrap_or_else(|_| vec!["no-new-privileges:true".into()]),
+            default_memory: memory.min(512 << 20),
+            max_memory: memory,
+            pids_limit: i64::from(r.spec.limits.pids),
+            env: vec![],
+            binds: vec![],
+            labels: std::collections::HashMap::from([(
+                crate::compose::labels::TENANT.to_owned(),
+                r.spec.name.to_string(),
+            )]),
+        }
+    }
+
     fn net(r: &Record) -> TenantNet {
         TenantNet {
             slot: r.slot,
@@ -160,7 +182,7 @@ impl Host {
     pub async fn create(
         &self,
         spec: TenantSpec,
-        progress: &mut dyn FnMut(String),
+        progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<Record, LifecycleError> {
         let name = spec.name.to_string();
         let mut rec = match self.record(&name)? {
@@ -230,7 +252,7 @@ impl Host {
         &self,
         name: &str,
         wipe: bool,
-        progress: &mut dyn FnMut(String),
+        progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), LifecycleError> {
         let Some(mut rec) = self.record(name)? else {
             return Err(LifecycleError::Conflict(
@@ -265,7 +287,10 @@ impl Host {
     }
 
     /// Brings every tenant back to its desired state: what a restarted hostd runs first.
-    pub async fn reconcile(&self, progress: &mut dyn FnMut(String)) -> Vec<LifecycleError> {
+    pub async fn reconcile(
+        &self,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Vec<LifecycleError> {
         let mut errors = Vec::new();
         let records = match self.records() {
             Ok(r) => r,

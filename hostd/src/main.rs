@@ -1,17 +1,264 @@
-//! `hostd`: not built yet (issue #5). The binary exists so the workspace layout is final;
-//! it refuses to run rather than pretend.
+//! `hostd`: the shared host's daemon (`hostd serve`) and its operator CLI (`hostd ctl …`).
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// Command line of `hostd`; the real options arrive with issue #5.
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hostd::ctl::{self, exit, CtlError};
+use hostd::lifecycle::{Host, HostConfig};
+use hostd::network::{Firewall, HostServices};
+use hyper::Method;
+
+const DEFAULT_SOCKET: &str = "/run/m8trx/hostd.sock";
+
 #[derive(Parser)]
 #[command(
     version,
-    about = "Host daemon and operator CLI of an m8trx shared host (not implemented yet: issue #5)"
+    about = "Host daemon and operator CLI of an m8trx shared host"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("hostd is not implemented yet (issue #5); nothing was started")
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: reconcile every tenant to its recorded state, then serve the API.
+    Serve {
+        /// Root-only unix socket of the API.
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Where tenant records live.
+        #[arg(long, default_value = "/var/lib/m8trx/hostd")]
+        state_dir: PathBuf,
+        /// Engine data until the tenant volume is mounted (issue #6): `<dir>/<name>`.
+        #[arg(long, default_value = "/var/lib/m8trx/engines")]
+        data_root: PathBuf,
+        /// Exec roots, sockets and pidfiles of tenant engines.
+        #[arg(long, default_value = "/run/m8trx/engines")]
+        run_root: PathBuf,
+        /// Tenant engine logs.
+        #[arg(long, default_value = "/var/log/m8trx/engines")]
+        log_dir: PathBuf,
+        /// The host containerd every tenant engine shares.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        containerd: PathBuf,
+        /// The dockerd binary.
+        #[arg(long, default_value = "dockerd")]
+        dockerd: PathBuf,
+        /// Credential broker address tenants may reach.
+        #[arg(long, default_value = "169.254.170.23")]
+        broker: std::net::Ipv4Addr,
+        /// Credential broker port.
+        #[arg(long, default_value_t = 80)]
+        broker_port: u16,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Operator commands against a running hostd.
+    ///
+    /// Exit codes: 0 success, 1 hostd refused or the operation failed, 2 bad command line
+    /// or unreadable input file, 3 hostd unreachable.
+    Ctl {
+        /// hostd's API socket.
+        #[arg(long, default_value = DEFAULT_SOCKET, global = true)]
+        socket: PathBuf,
+        /// Print JSON (one object; progress as JSON lines before it) instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        op: Op,
+    },
+}
+
+#[derive(Subcommand)]
+enum Op {
+    /// Provision a tenant from a spec file (resumes a half-done create).
+    Create {
+        /// Tenant spec (YAML or JSON).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List tenants.
+    List,
+    /// Show one tenant.
+    Status {
+        /// Tenant name.
+        name: String,
+    },
+    /// Deploy a compose file into a tenant (checked against the tenant policy first).
+    Deploy {
+        /// Tenant name.
+        name: String,
+        /// Compose file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Remove a tenant and everything hostd made for it.
+    Destroy {
+        /// Tenant name.
+        name: String,
+        /// Also delete the engine's data (images, volumes, containers).
+        #[arg(long)]
+        wipe: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hostd: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Serve {
+            socket,
+            state_dir,
+            data_root,
+            run_root,
+            log_dir,
+            containerd,
+            dockerd,
+            broker,
+            broker_port,
+            log_format,
+        } => {
+            let sub = tracing_subscriber::fmt().with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            );
+            match log_format {
+                LogFormat::Json => sub.json().init(),
+                LogFormat::Text => sub.init(),
+            }
+            let cfg = HostConfig {
+                state_dir,
+                data_root,
+                run_root,
+                log_dir,
+                containerd,
+                dockerd,
+                etc: "/etc".into(),
+                services: HostServices {
+                    broker,
+                    broker_port,
+                },
+                firewall: Firewall::default(),
+            };
+            match rt.block_on(serve(cfg, socket)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Ctl { socket, json, op } => match rt.block_on(run_ctl(&socket, json, op)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hostd ctl: {}", e.message);
+                ExitCode::from(u8::try_from(e.code).unwrap_or(1))
+            }
+        },
+    }
+}
+
+async fn serve(cfg: HostConfig, socket: PathBuf) -> anyhow::Result<()> {
+    let host = Host::open(cfg).context("opening hostd's state store")?;
+    let errors = host
+        .reconcile(&mut |line| tracing::info!(target: "reconcile", "{line}"))
+        .await;
+    for e in &errors {
+        tracing::error!(target: "reconcile", "{e}");
+    }
+    tracing::info!(socket = %socket.display(), tenants_with_errors = errors.len(), "serving");
+    let daemon = hostd::api::Daemon::new(host);
+    tokio::select! {
+        r = hostd::api::serve(daemon, &socket) => r.with_context(|| format!("serving on {}", socket.display())),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; engines keep running and are re-adopted on start");
+            Ok(())
+        }
+    }
+}
+
+async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), CtlError> {
+    let show = |v: &serde_json::Value| {
+        if json {
+            println!("{v}");
+        } else if let Some(list) = v.as_array() {
+            print!("{}", ctl::table(list));
+        } else if v.get("name").is_some() {
+            print!("{}", ctl::table(std::slice::from_ref(v)));
+        } else if let Some(obj) = v.as_object() {
+            for (k, val) in obj {
+                println!(
+                    "{k}: {}",
+                    val.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| val.to_string())
+                );
+            }
+        } else {
+            println!("{v}");
+        }
+    };
+    let v = match op {
+        Op::Create { file } => {
+            ctl::run(
+                socket,
+                Method::POST,
+                "/v1/tenants",
+                Some(ctl::read_input(&file)?),
+                json,
+            )
+            .await?
+        }
+        Op::List => ctl::run(socket, Method::GET, "/v1/tenants", None, json).await?,
+        Op::Status { name } => {
+            ctl::run(
+                socket,
+                Method::GET,
+                &format!("/v1/tenants/{name}"),
+                None,
+                json,
+            )
+            .await?
+        }
+        Op::Deploy { name, file } => {
+            let body = Some(ctl::read_input(&file)?);
+            ctl::run(
+                socket,
+                Method::POST,
+                &format!("/v1/tenants/{name}/deploy"),
+                body,
+                json,
+            )
+            .await?
+        }
+        Op::Destroy { name, wipe } => {
+            ctl::run(
+                socket,
+                Method::DELETE,
+                &format!("/v1/tenants/{name}?wipe={wipe}"),
+                None,
+                json,
+            )
+            .await?
+        }
+    };
+    show(&v);
+    let _ = exit::OK;
+    Ok(())
 }

@@ -318,12 +318,17 @@ mod tests {
         };
         let r = t.render(&HostServices::default(), false);
         assert!(r.contains("-A M8T-7-FWD -d 169.254.169.254/32 -j DROP"));
-        assert!(r.contains("-A M8T-7-FWD -d 10.250.7.0/24 -j ACCEPT\n-A M8T-7-FWD -d 10.250.0.0/16 -j DROP"));
+        assert!(r.contains(
+            "-A M8T-7-FWD -d 10.250.7.0/24 -j ACCEPT\n-A M8T-7-FWD -d 10.250.0.0/16 -j DROP"
+        ));
         assert!(r.contains("-A M8T-7-IN -d 169.254.170.23/32 -p tcp --dport 80 -j ACCEPT"));
         assert!(r.contains("-A M8T-7-IN -j DROP"));
         assert!(r.contains("-A M8T-7-NAT ! -d 10.250.0.0/16 -j MASQUERADE"));
         // The IMDS and cross-tenant drops come before the egress accept.
-        assert!(r.find("169.254.169.254").unwrap() < r.find("-A M8T-7-FWD -d 10.250.7.0/24 -j ACCEPT").unwrap());
+        assert!(
+            r.find("169.254.169.254").unwrap()
+                < r.find("-A M8T-7-FWD -d 10.250.7.0/24 -j ACCEPT").unwrap()
+        );
         let q = t.render(&HostServices::default(), true);
         assert!(q.contains("-A M8T-7-FWD -j DROP") && q.contains("-A M8T-7-IN -j DROP"));
         assert!(

@@ -104,6 +104,9 @@ impl Tenant {
 /// Everything of the tenant still on the host.
 pub fn leftovers(cfg: &EngineConfig, user: &str) -> Vec<String> {
     let mut left = Vec::new();
+    for link in engine::links_in_subnet(cfg.subnet) {
+        left.push(format!("interface {link} in the tenant subnet"));
+    }
     for m in engine::mounts_below(&cfg.data_root)
         .into_iter()
         .chain(engine::mounts_below(&cfg.exec_root()))

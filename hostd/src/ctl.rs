@@ -1,0 +1,171 @@
+//! `hostd ctl`: the operator's client for the daemon's unix-socket API. Human output by
+//! default, `--json` for scripts (control drives it through SSM Run Command).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Exit codes of `hostd ctl`, documented in `--help`.
+pub mod exit {
+    /// The operation succeeded.
+    pub const OK: i32 = 0;
+    /// hostd refused or the operation failed; the message says why.
+    pub const FAILED: i32 = 1;
+    /// Bad command line or input file.
+    pub const USAGE: i32 = 2;
+    /// hostd could not be reached on its socket.
+    pub const UNREACHABLE: i32 = 3;
+}
+
+/// A failed `ctl` call: the message for the operator and the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CtlError {
+    /// What went wrong and what to do.
+    pub message: String,
+    /// Process exit code.
+    pub code: i32,
+}
+
+fn fail(code: i32, message: impl Into<String>) -> CtlError {
+    CtlError {
+        message: message.into(),
+        code,
+    }
+}
+
+/// One API call: sends the request and hands every JSON line of the answer to `on_line`.
+pub async fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    on_line: &mut dyn FnMut(Value),
+) -> Result<u16, CtlError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        fail(
+            exit::UNREACHABLE,
+            format!(
+                "cannot reach hostd at {}: {e}; is `hostd serve` running (as root)?",
+                socket.display()
+            ),
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| fail(exit::UNREACHABLE, format!("hostd handshake failed: {e}")))?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "hostd")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| fail(exit::FAILED, e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| fail(exit::UNREACHABLE, format!("hostd request failed: {e}")))?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| fail(exit::FAILED, format!("reading hostd's answer: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            pending.extend_from_slice(&data);
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                if let Ok(v) = serde_json::from_slice(&line) {
+                    on_line(v);
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        if let Ok(v) = serde_json::from_slice(&pending) {
+            on_line(v);
+        }
+    }
+    Ok(status)
+}
+
+/// Runs a call the way the CLI shows it: progress lines to stderr, the result to stdout.
+pub async fn run(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    json: bool,
+) -> Result<Value, CtlError> {
+    let mut result = None;
+    let mut err = None;
+    let status = call(socket, method, path, body, &mut |v| {
+        if let Some(p) = v.get("progress").and_then(Value::as_str) {
+            if json {
+                println!("{v}");
+            } else {
+                eprintln!("  {p}");
+            }
+        } else if let Some(e) = v.get("error") {
+            err = Some(
+                e.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| e.to_string()),
+            );
+        } else if let Some(ok) = v.get("ok") {
+            result = Some(ok.clone());
+        } else {
+            result = Some(v);
+        }
+    })
+    .await?;
+    if let Some(e) = err {
+        return Err(fail(exit::FAILED, format!("hostd: {e}")));
+    }
+    if !(200..300).contains(&status) {
+        return Err(fail(exit::FAILED, format!("hostd answered HTTP {status}")));
+    }
+    Ok(result.unwrap_or(Value::Null))
+}
+
+/// Renders tenant summaries as a table for humans.
+pub fn table(tenants: &[Value]) -> String {
+    let mut out = format!(
+        "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9}\n",
+        "NAME", "TEMPLATE", "SLOT", "DESIRED", "ENGINE", "RSS MiB"
+    );
+    for t in tenants {
+        let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+        let pid = t
+            .get("engine_pid")
+            .and_then(Value::as_u64)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "stopped".into());
+        let rss = t
+            .get("engine_rss_bytes")
+            .and_then(Value::as_u64)
+            .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+            .unwrap_or_else(|| "-".into());
+        let slot = t.get("slot").and_then(Value::as_u64).unwrap_or(0);
+        out.push_str(&format!(
+            "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9}\n",
+            s("name"),
+            s("template"),
+            slot,
+            s("desired"),
+            pid,
+            rss
+        ));
+    }
+    out
+}
+
+/// Reads an input file named on the command line, with a usage error naming it.
+pub fn read_input(path: &PathBuf) -> Result<String, CtlError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))
+}
