@@ -12,7 +12,7 @@ done
 install -o root -g root -m 0755 "$S/bin/hostd" "$S/bin/sni-proxy" "$S/bin/cred-broker" /usr/local/bin/
 install -o root -g root -m 0755 "$S/sbin/m8trx-firewall" "$S/sbin/m8trx-cwagent-config" /usr/local/sbin/
 install -o root -g root -m 0644 "$S/sbin/rsyslog-m8trx.conf" /etc/rsyslog.d/30-m8trx.conf
-install -d -o syslog -g adm -m 0750 /var/log/m8trx
+install -d -o syslog -g adm -m 0750 /var/log/m8trx-daemons
 
 install -d -o root -g root -m 0755 /etc/m8trx /etc/m8trx/seccomp /etc/m8trx/apparmor /etc/m8trx/iptables
 install -o root -g root -m 0644 "$S/profiles/tenant.json" /etc/m8trx/seccomp/tenant.json
