@@ -42,7 +42,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(handle(req, peer, &state).await) }
             });
+            // A client gets 10 s to send each request head (no slowloris on :80).
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(sock), svc)
                 .await;
         });
