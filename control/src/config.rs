@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Fleet-wide settings: region, hardened AMI, platform domain, shared-host pool, waits.
+/// Fleet-wide settings: region, hardened AMI, platform domain, shared-host fleet, waits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ControlConfig {
     /// AWS region every call goes to.
@@ -22,8 +22,8 @@ pub struct ControlConfig {
     pub dedicated_subnet_id: Option<String>,
     /// Security groups for dedicated instances (empty: the subnet's VPC default group).
     pub security_group_ids: Vec<String>,
-    /// Shared-host pool: only hosts tagged `m8trx:shared-host=<pool>` are candidates.
-    pub pool: String,
+    /// Shared-host fleet: only hosts tagged `m8trx:role=shared-host` and `m8trx:fleet=<fleet>` are candidates.
+    pub fleet: String,
     /// How often waits poll AWS.
     pub poll_interval: Duration,
     /// How long a wait (volume, instance, SSM command) may take before it fails.
@@ -40,7 +40,7 @@ impl Default for ControlConfig {
             brain_url: None,
             dedicated_subnet_id: None,
             security_group_ids: Vec::new(),
-            pool: "default".to_owned(),
+            fleet: "default".to_owned(),
             poll_interval: Duration::from_secs(2),
             wait_timeout: Duration::from_secs(600),
         }

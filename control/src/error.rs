@@ -19,7 +19,7 @@ pub enum ControlError {
     /// Something the deploy needs is missing from the account (CMK, instance profile, AMI, subnet).
     #[error("{0}")]
     Missing(String),
-    /// No shared host in the pool has room; nothing was created.
+    /// No shared host in the fleet has room; nothing was created.
     #[error("{0}")]
     NoCapacity(String),
     /// hostd reported a failure (or the SSM command did not succeed).

@@ -1,7 +1,8 @@
 //! Shared-host inventory and reservation ledger, both kept as EC2 tags on the host instances:
-//! a host is a running instance tagged `m8trx:shared-host=<pool>` with capacity tags, and each
-//! tenant placed on it is one `m8trx:tenant:<name>` tag on it. Placement is best-fit on memory
-//! (densest packing), then reserve-and-verify so two concurrent placements never over-commit.
+//! a host is a running instance tagged `m8trx:role=shared-host`, `m8trx:fleet=<fleet>` and
+//! capacity tags (terraform `modules/shared-host`), and each tenant placed on it is one
+//! `m8trx:tenant:<name>` tag on it. Placement is best-fit on memory (densest packing), under a
+//! per-host lock, verified after writing, so concurrent placements never over-commit.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -195,20 +196,20 @@ pub fn choose<'a>(hosts: &'a [Host], need: Need, zone: Option<&str>) -> Option<&
 
 /// The operator-facing reason nothing fits, listing every host's free resources.
 pub fn no_room_message(
-    pool: &str,
+    fleet: &str,
     tenant: &str,
     hosts: &[Host],
     need: Need,
     zone: Option<&str>,
 ) -> String {
     let mut msg = format!(
-        "no shared host in pool {pool:?} has room for {tenant} (needs {} MiB memory, {} mCPU, 1 tenant slot{}): ",
+        "no shared host in fleet {fleet:?} has room for {tenant} (needs {} MiB memory, {} mCPU, 1 tenant slot{}): ",
         need.memory_mib,
         need.cpu_millis,
         zone.map(|z| format!(", in {z} where its volume is")).unwrap_or_default()
     );
     if hosts.is_empty() {
-        msg.push_str("the pool has no running host");
+        msg.push_str("the fleet has no running host");
     } else {
         let parts: Vec<String> = hosts
             .iter()
@@ -222,7 +223,7 @@ pub fn no_room_message(
             .collect();
         msg.push_str(&parts.join("; "));
     }
-    msg.push_str(". Nothing was created: add a shared host to the pool or deploy with hosting \"dedicated\".");
+    msg.push_str(". Nothing was created: add a shared host to the fleet or deploy with hosting \"dedicated\".");
     msg
 }
 
@@ -250,16 +251,17 @@ async fn describe(
     }
 }
 
-/// Every running host of `pool`; hosts with incomplete capacity tags are reported and skipped.
+/// Every running host of `fleet`; hosts with incomplete capacity tags are reported and skipped.
 pub async fn list_hosts(
     ec2: &aws_sdk_ec2::Client,
-    pool: &str,
+    fleet: &str,
     progress: &Progress,
 ) -> Result<Vec<Host>> {
     let instances = describe(
         ec2,
         vec![
-            tags::filter(tags::SHARED_HOST, pool),
+            tags::filter(tags::COMPONENT, tags::ROLE_SHARED_HOST),
+            tags::filter(tags::FLEET, fleet),
             tags::attr("instance-state-name", &["running"]),
         ],
     )
@@ -284,16 +286,17 @@ pub async fn get_host(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Ho
     host_from_instance(i).map_err(ControlError::Missing)
 }
 
-/// The host of `pool` (any state but terminated) that holds a reservation for `tenant`.
+/// The host of `fleet` (any state but terminated) that holds a reservation for `tenant`.
 pub async fn find_reservation(
     ec2: &aws_sdk_ec2::Client,
-    pool: &str,
+    fleet: &str,
     tenant: &str,
 ) -> Result<Option<(Host, Reservation)>> {
     let instances = describe(
         ec2,
         vec![
-            tags::filter(tags::SHARED_HOST, pool),
+            tags::filter(tags::COMPONENT, tags::ROLE_SHARED_HOST),
+            tags::filter(tags::FLEET, fleet),
             tags::attr("tag-key", &[&format!("{}{tenant}", tags::TENANT_PREFIX)]),
             tags::attr(
                 "instance-state-name",
@@ -446,7 +449,7 @@ async fn release_lock(ssm: &aws_sdk_ssm::Client, instance_id: &str, progress: &P
 pub async fn place(
     ec2: &aws_sdk_ec2::Client,
     ssm: &aws_sdk_ssm::Client,
-    pool: &str,
+    fleet: &str,
     tenant: &str,
     need: Need,
     zone: Option<&str>,
@@ -455,7 +458,7 @@ pub async fn place(
     let mut tried: Vec<String> = Vec::new();
     let mut collisions = 0u32;
     loop {
-        let hosts = list_hosts(ec2, pool, progress).await?;
+        let hosts = list_hosts(ec2, fleet, progress).await?;
         let candidates: Vec<Host> = hosts
             .iter()
             .filter(|h| !tried.contains(&h.instance_id))
@@ -463,7 +466,7 @@ pub async fn place(
             .collect();
         let Some(host) = choose(&candidates, need, zone) else {
             return Err(ControlError::NoCapacity(no_room_message(
-                pool, tenant, &hosts, need, zone,
+                fleet, tenant, &hosts, need, zone,
             )));
         };
         let id = host.instance_id.clone();

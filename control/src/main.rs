@@ -49,9 +49,9 @@ struct Cli {
         global = true
     )]
     security_groups: Vec<String>,
-    /// Shared-host pool: hosts tagged m8trx:shared-host=<pool>.
-    #[arg(long, env = "M8TRX_POOL", default_value = "default", global = true)]
-    pool: String,
+    /// Shared-host fleet (terraform fleet_name): hosts tagged m8trx:role=shared-host, m8trx:fleet=<fleet>.
+    #[arg(long, env = "M8TRX_FLEET", default_value = "default", global = true)]
+    fleet: String,
     /// Poll interval of waits, milliseconds.
     #[arg(long, default_value_t = 2000, global = true)]
     poll_ms: u64,
@@ -123,7 +123,7 @@ enum Command {
         /// Customer name.
         name: String,
     },
-    /// List the pool's shared hosts with capacity, reservations and free room.
+    /// List the fleet's shared hosts with capacity, reservations and free room.
     Hosts,
     /// Serve the HTTP/JSON API for the dashboard.
     Serve {
@@ -142,7 +142,7 @@ fn config(cli: &Cli) -> ControlConfig {
         brain_url: cli.brain_url.clone(),
         dedicated_subnet_id: cli.dedicated_subnet.clone(),
         security_group_ids: cli.security_groups.clone(),
-        pool: cli.pool.clone(),
+        fleet: cli.fleet.clone(),
         poll_interval: Duration::from_millis(cli.poll_ms),
         wait_timeout: Duration::from_secs(cli.wait_timeout_secs),
     }

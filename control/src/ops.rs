@@ -114,7 +114,14 @@ impl Control {
                         .to_owned(),
                 )
             })?;
-        let ident = identity::resolve(&c.kms, &c.iam, name).await?;
+        let ident = identity::resolve(
+            &c.kms,
+            &c.iam,
+            name,
+            spec.hosting == Hosting::Dedicated,
+            spec.secrets.external_id.as_deref(),
+        )
+        .await?;
         progress.line(format!(
             "identity: CMK {}, instance profile {}, role {}",
             ident.kms_key_arn, ident.instance_profile_name, ident.role_arn
@@ -179,9 +186,12 @@ impl Control {
         let name = &spec.name;
         match spec.hosting {
             Hosting::Dedicated => {
-                if let Some((h, _)) =
-                    inventory::find_reservation(&self.clients.ec2, &self.config.pool, name.as_str())
-                        .await?
+                if let Some((h, _)) = inventory::find_reservation(
+                    &self.clients.ec2,
+                    &self.config.fleet,
+                    name.as_str(),
+                )
+                .await?
                 {
                     return Err(ControlError::Conflict(format!(
                         "{name} is placed on shared host {}: delete it first (or, once \
@@ -265,7 +275,7 @@ impl Control {
     /// Reads what exists for `name` (by tag, path and ledger).
     pub async fn status(&self, name: &CustomerName) -> Result<Status> {
         let c = &self.clients;
-        let res = inventory::find_reservation(&c.ec2, &self.config.pool, name.as_str()).await?;
+        let res = inventory::find_reservation(&c.ec2, &self.config.fleet, name.as_str()).await?;
         let instances = customer_instances(&c.ec2, name, &LIVE_INSTANCE_STATES).await?;
         let volumes = all_customer_volumes(&c.ec2, name).await?;
         Ok(Status {
@@ -284,8 +294,8 @@ impl Control {
         })
     }
 
-    /// The shared hosts of the configured pool with their free resources.
+    /// The shared hosts of the configured fleet with their free resources.
     pub async fn hosts(&self, progress: &Progress) -> Result<Vec<inventory::Host>> {
-        inventory::list_hosts(&self.clients.ec2, &self.config.pool, progress).await
+        inventory::list_hosts(&self.clients.ec2, &self.config.fleet, progress).await
     }
 }

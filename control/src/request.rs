@@ -114,6 +114,10 @@ pub struct Secrets {
     /// Caddy basic-auth password (`agent-ui-password`); generated when absent.
     #[serde(default)]
     pub agent_ui_password: Option<String>,
+    /// sts:ExternalId of the customer role (terraform `customer-role` output), handed to hostd
+    /// in the tenant spec; the role's `m8trx:external-id` tag when absent.
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -124,6 +128,7 @@ impl fmt::Debug for Secrets {
             .field("tailscale_auth_key", &shown(&self.tailscale_auth_key))
             .field("agent_fetch_pat", &shown(&self.agent_fetch_pat))
             .field("agent_ui_password", &shown(&self.agent_ui_password))
+            .field("external_id", &shown(&self.external_id))
             .finish()
     }
 }
@@ -412,6 +417,7 @@ mod tests {
                 tailscale_auth_key: Some("tskey-x".into()),
                 agent_fetch_pat: Some("ghp_x".into()),
                 agent_ui_password: None,
+                external_id: None,
             },
             ..Default::default()
         }

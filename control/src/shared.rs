@@ -83,7 +83,7 @@ pub async fn preflight(
     progress: &Progress,
 ) -> Result<()> {
     let name = spec.name.as_str();
-    if let Some((host, _)) = inventory::find_reservation(&clients.ec2, &config.pool, name).await? {
+    if let Some((host, _)) = inventory::find_reservation(&clients.ec2, &config.fleet, name).await? {
         progress.line(format!(
             "placement: {name} already holds a reservation on {}",
             host.instance_id
@@ -91,10 +91,10 @@ pub async fn preflight(
         return Ok(());
     }
     let zone = existing_volume_zone(clients, &spec.name).await?;
-    let hosts = inventory::list_hosts(&clients.ec2, &config.pool, progress).await?;
+    let hosts = inventory::list_hosts(&clients.ec2, &config.fleet, progress).await?;
     if inventory::choose(&hosts, need(spec), zone.as_deref()).is_none() {
         return Err(ControlError::NoCapacity(inventory::no_room_message(
-            &config.pool,
+            &config.fleet,
             name,
             &hosts,
             need(spec),
@@ -257,7 +257,7 @@ pub async fn deploy(
 ) -> Result<SharedPlacement> {
     let name = spec.name.as_str();
     let (host, mut reservation) =
-        match inventory::find_reservation(&clients.ec2, &config.pool, name).await? {
+        match inventory::find_reservation(&clients.ec2, &config.fleet, name).await? {
             Some((h, r)) => {
                 progress.line(format!(
                     "placement: resuming on {} (reservation state {})",
@@ -270,7 +270,7 @@ pub async fn deploy(
                 inventory::place(
                     &clients.ec2,
                     &clients.ssm,
-                    &config.pool,
+                    &config.fleet,
                     name,
                     need(spec),
                     zone.as_deref(),
@@ -345,7 +345,7 @@ pub async fn delete(
 ) -> Result<SharedRemoval> {
     let mut removal = SharedRemoval::default();
     let reservation =
-        inventory::find_reservation(&clients.ec2, &config.pool, name.as_str()).await?;
+        inventory::find_reservation(&clients.ec2, &config.fleet, name.as_str()).await?;
     if let Some((host, mut r)) = reservation.clone() {
         set_state(clients, &host.instance_id, &mut r, "deleting").await?;
         hostd::run(
@@ -361,8 +361,8 @@ pub async fn delete(
         removal.host_instance_id = Some(host.instance_id.clone());
     } else {
         progress.line(format!(
-            "shared: {name} holds no reservation in pool {:?}",
-            config.pool
+            "shared: {name} holds no reservation in fleet {:?}",
+            config.fleet
         ));
     }
 

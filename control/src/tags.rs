@@ -12,8 +12,9 @@ pub const NAME: &str = "Name";
 pub const MANAGED_BY: &str = "m8trx:managed-by";
 /// Value of [`MANAGED_BY`].
 pub const MANAGED_BY_VALUE: &str = "control";
-/// What a customer resource is: [`COMPONENT_DEDICATED`] or [`COMPONENT_TENANT_VOLUME`].
-pub const COMPONENT: &str = "m8trx:component";
+/// What a resource is: [`COMPONENT_DEDICATED`], [`COMPONENT_TENANT_VOLUME`] (the key and
+/// values terraform's DLM policy and the shared-host module use), or [`ROLE_SHARED_HOST`].
+pub const COMPONENT: &str = "m8trx:role";
 /// A customer's dedicated instance.
 pub const COMPONENT_DEDICATED: &str = "dedicated-instance";
 /// A shared tenant's data volume.
@@ -23,14 +24,18 @@ pub const TEMPLATE: &str = "m8trx:template";
 /// Hostname `{label}.{platform-domain}`.
 pub const HOSTNAME: &str = "m8trx:hostname";
 
-/// On a shared host: its pool name (only hosts of the configured pool are candidates).
+/// Value of [`COMPONENT`] on a shared host (terraform `modules/shared-host`).
+pub const ROLE_SHARED_HOST: &str = "shared-host";
+/// On a shared host: the fleet it belongs to; only hosts of the configured fleet are candidates.
+pub const FLEET: &str = "m8trx:fleet";
+/// On a shared host: its key within the fleet.
 pub const SHARED_HOST: &str = "m8trx:shared-host";
 /// On a shared host: memory tenants may reserve, MiB.
-pub const CAPACITY_MEMORY: &str = "m8trx:capacity-memory-mib";
+pub const CAPACITY_MEMORY: &str = "m8trx:reservable-mem-mib";
 /// On a shared host: CPU tenants may reserve, thousandths of a vCPU.
-pub const CAPACITY_CPU: &str = "m8trx:capacity-cpu-millis";
+pub const CAPACITY_CPU: &str = "m8trx:reservable-cpu-mcpu";
 /// On a shared host: how many tenants it takes at most.
-pub const CAPACITY_SLOTS: &str = "m8trx:capacity-slots";
+pub const CAPACITY_SLOTS: &str = "m8trx:max-tenants";
 /// On a shared host: prefix of one reservation per tenant, `m8trx:tenant:<name>`.
 pub const TENANT_PREFIX: &str = "m8trx:tenant:";
 

@@ -64,6 +64,7 @@ mod tests {
                 tailscale_auth_key: Some("tskey-SECRET-TS".into()),
                 agent_fetch_pat: Some("ghp_SECRET_PAT".into()),
                 agent_ui_password: Some("SECRET-UI-PASSWORD".into()),
+                external_id: None,
             },
             ..Default::default()
         }

@@ -1,6 +1,6 @@
 //! control's flows against the real moto server `scripts/test-env` starts
 //! (M8TRX_MOTO_ENDPOINT). Every test makes its own uniquely named customer, CMK, instance
-//! profile, AMI, VPC, subnets and shared-host pool, and looks only at resources carrying its
+//! profile, AMI, VPC, subnets and shared-host fleet, and looks only at resources carrying its
 //! own tags, because other suites use the same moto server at the same time.
 //!
 //! moto records SSM SendCommand calls but cannot execute them (every invocation reports
@@ -52,7 +52,7 @@ fn unique(label: &str) -> String {
     )
 }
 
-/// Everything one test owns: its control, its pool, subnets, AMI and customers.
+/// Everything one test owns: its control, its fleet, subnets, AMI and customers.
 struct World {
     control: Control,
     subnets: Vec<(String, String)>, // (subnet id, AZ)
@@ -71,13 +71,13 @@ fn recorder() -> (Progress, Arc<Mutex<Vec<String>>>) {
 
 impl World {
     async fn new() -> Self {
-        let pool = unique("pool");
+        let fleet = unique("fleet");
         let mut config = ControlConfig {
             region: REGION.into(),
             endpoint_url: Some(moto()),
             platform_domain: "m8trx.test".into(),
             brain_url: Some("http://brain.tailnet.test:8080".into()),
-            pool,
+            fleet,
             poll_interval: Duration::from_millis(50),
             wait_timeout: Duration::from_secs(60),
             ..ControlConfig::default()
@@ -188,7 +188,7 @@ impl World {
         name
     }
 
-    /// A running shared host of this test's pool in subnet `i`, with capacity and ledger tags.
+    /// A running shared host of this test's fleet in subnet `i`, with capacity and ledger tags.
     async fn host(
         &mut self,
         subnet: usize,
@@ -198,7 +198,9 @@ impl World {
     ) -> String {
         let c = self.clients();
         let mut t = vec![
-            tags::tag(tags::SHARED_HOST, &self.control.config.pool),
+            tags::tag(tags::COMPONENT, tags::ROLE_SHARED_HOST),
+            tags::tag(tags::FLEET, &self.control.config.fleet),
+            tags::tag(tags::SHARED_HOST, &format!("h{}", self.hosts.len())),
             tags::tag(tags::CAPACITY_MEMORY, &memory_mib.to_string()),
             tags::tag(tags::CAPACITY_CPU, "4000"),
             tags::tag(tags::CAPACITY_SLOTS, &slots.to_string()),
@@ -243,12 +245,13 @@ impl World {
                 tailscale_auth_key: Some(format!("tskey-auth-{name}")),
                 agent_fetch_pat: Some("ghp_fleetwidepat".into()),
                 agent_ui_password: None,
+                external_id: None,
             },
         }
     }
 
     /// Everything of `name` that exists: live instances and volumes with its Customer tag,
-    /// its SSM parameters, and reservation tags for it on any host of this pool.
+    /// its SSM parameters, and reservation tags for it on any host of this fleet.
     async fn leftovers(&self, name: &CustomerName) -> Vec<String> {
         let c = self.clients();
         let mut found = Vec::new();
@@ -291,7 +294,7 @@ impl World {
         let hosts = c
             .ec2
             .describe_instances()
-            .filters(tags::filter(tags::SHARED_HOST, &self.control.config.pool))
+            .filters(tags::filter(tags::FLEET, &self.control.config.fleet))
             .filters(tags::attr(
                 "tag-key",
                 &[&format!("{}{name}", tags::TENANT_PREFIX)],
@@ -835,14 +838,18 @@ async fn half_done_deploy_and_delete_are_completed_by_a_rerun() {
     let mut w = World::new().await;
     let name = w.customer("resume").await;
     let host = w.host(0, 8192, 8, &[]).await;
-    let spec = w.request(&name, "shared").validate().unwrap();
+    let mut req = w.request(&name, "shared");
+    // The dashboard hands over terraform's external id; it wins over the role tag.
+    let xid = format!("xid-{name}-0123456789abcdef0123456789abcdef");
+    req.secrets.external_id = Some(xid.clone());
+    let spec = req.validate().unwrap();
 
     // A deploy interrupted after its reservation: control made the reservation, then stopped.
     let c = w.clients();
     inventory::place(
         &c.ec2,
         &c.ssm,
-        &w.control.config.pool,
+        &w.control.config.fleet,
         name.as_str(),
         Need {
             memory_mib: 1024,
@@ -874,6 +881,12 @@ async fn half_done_deploy_and_delete_are_completed_by_a_rerun() {
         lines.lock().unwrap()
     );
     assert_eq!(w.reservation(&host, &name).await.unwrap().state, "running");
+    let sent = w.commands_sent(&host).await;
+    assert!(
+        sent.iter()
+            .any(|c| c.contains(&format!("\"external_id\":\"{xid}\""))),
+        "tenant spec carries the request's external id"
+    );
 
     // A deploy whose volume was detached behind control's back is re-attached by a re-run.
     c.ec2
@@ -1240,11 +1253,11 @@ async fn concurrent_placements_never_over_commit_a_host() {
     let tenants: Vec<String> = (0..4).map(|i| unique(&format!("race{i}"))).collect();
     let ec2 = w.clients().ec2.clone();
     let ssm = w.clients().ssm.clone();
-    let pool = w.control.config.pool.clone();
+    let fleet = w.control.config.fleet.clone();
     let runs = tenants.iter().map(|t| {
-        let (ec2, ssm, pool, t) = (ec2.clone(), ssm.clone(), pool.clone(), t.clone());
+        let (ec2, ssm, fleet, t) = (ec2.clone(), ssm.clone(), fleet.clone(), t.clone());
         tokio::spawn(async move {
-            inventory::place(&ec2, &ssm, &pool, &t, need, None, &Progress::silent()).await
+            inventory::place(&ec2, &ssm, &fleet, &t, need, None, &Progress::silent()).await
         })
     });
     let results: Vec<_> = futures_join(runs).await;
