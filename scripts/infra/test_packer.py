@@ -314,3 +314,22 @@ def test_only_root_and_the_broker_user_reach_the_imds_from_the_host():
         "-A M8TRX-OUTPUT -d 169.254.169.254/32 -m owner --uid-owner m8trx-broker -j RETURN",
         "-A M8TRX-OUTPUT -d 169.254.169.254/32 -j DROP",
     ]
+
+
+@pytest.mark.parametrize("unit,crate,subcommand", [
+    ("hostd.service", "hostd", "Serve"),
+    ("sni-proxy.service", "sni-proxy", None),
+    ("cred-broker.service", "cred-broker", "Serve"),
+])
+def test_unit_command_lines_use_flags_the_binaries_define(unit, crate, subcommand):
+    """Each --flag of ExecStart is a clap field of the binary (no drift between unit and CLI)."""
+    cmd = parse_unit(UNITS / unit)["Service"]["ExecStart"][0].split()
+    assert cmd[0] == f"/usr/local/bin/{crate}"
+    src = (REPO / crate / "src" / "main.rs").read_text()
+    if subcommand:
+        assert subcommand.lower() in cmd, f"{unit} does not run `{crate} {subcommand.lower()}`"
+        assert re.search(rf"\b{subcommand}\b\s*[({{]", src), f"{crate} has no {subcommand} subcommand"
+    for arg in cmd[1:]:
+        if arg.startswith("--"):
+            field = arg[2:].replace("-", "_")
+            assert re.search(rf"\b{field}\s*:", src), f"{unit}: {arg} is not an argument of {crate} (src/main.rs)"
