@@ -367,9 +367,11 @@ pub async fn release(ec2: &aws_sdk_ec2::Client, instance_id: &str, tenant: &str)
 }
 
 /// SSM parameter that serialises placements on one host: created with `Overwrite=false`,
-/// which SSM performs atomically, and deleted when the placement is written.
+/// which SSM performs atomically, and deleted when the placement is written. It lives under
+/// `/m8trx/` (where control's terraform role may write) in `_control`, which no customer name
+/// can be (names start with a letter).
 pub fn lock_parameter(instance_id: &str) -> String {
-    format!("/m8trx-control/placement-lock/{instance_id}")
+    format!("/m8trx/_control/placement-lock/{instance_id}")
 }
 
 /// A lock older than this is left over from a crashed placement and is broken.

@@ -331,7 +331,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-            eprintln!("control: API listening on http://{listen}");
+            let bound = listener.local_addr().unwrap_or(listen);
+            eprintln!("control: API listening on http://{bound}");
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;

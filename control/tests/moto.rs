@@ -1361,3 +1361,63 @@ async fn cli_exit_codes_name_the_field_and_missing_prerequisites() {
     let cname = CustomerName::parse(&name).unwrap();
     assert!(w.leftovers(&cname).await.is_empty());
 }
+
+/// One HTTP/1.1 exchange over a plain TCP socket: (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn control_serve_answers_over_http() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_control"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("M8TRX_AWS_ENDPOINT", moto())
+        .env("AWS_ACCESS_KEY_ID", "AKIDCONTROLTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "control-secret")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("control serve exited before listening")
+            .unwrap();
+        if let Some(a) = line.strip_prefix("control: API listening on http://") {
+            break a.to_owned();
+        }
+    };
+    let health = http(&addr, "GET", "/healthz", "");
+    let refused = http(
+        &addr,
+        "POST",
+        "/v1/validate",
+        r#"{"name":"acme","template":"agent","hosting":"shared","regulated":true,
+            "secrets":{"brain_key":"b","tailscale_auth_key":"t","agent_fetch_pat":"p"}}"#,
+    );
+    let missing = http(&addr, "GET", "/v1/jobs/99", "");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(health, (200, r#"{"ok":true}"#.to_owned()));
+    assert_eq!(refused.0, 422, "{}", refused.1);
+    assert!(refused.1.contains(r#""field":"hosting""#), "{}", refused.1);
+    assert_eq!(missing.0, 404);
+}
