@@ -314,7 +314,7 @@ fn main() {
         b / p
     );
     println!(
-        "STS AssumeRole calls during parts 1-2: {} (tenant bench)",
+        "STS AssumeRole calls during parts 0-2: {} (tenant bench)",
         broker.metrics().sts_calls("bench")
     );
 
