@@ -103,6 +103,10 @@ fn terminate_mode_gets_a_pebble_certificate_and_forwards_http1_and_http2() {
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0"),
     );
+    // Both must answer before the proxy's first order, or rustls-acme backs off for a while.
+    wait_port(chall_mgmt, &chall);
+    wait_port(acme_port, &pebble);
+    wait_port(mgmt_port, &pebble);
     let caddy = Caddy::start(&dir, "shop.test", 300 * 1024);
     let routes = format!(
         r#"[acme]

@@ -300,7 +300,8 @@ http://:{http_port} {{
     }
 }
 
-fn wait_port(port: u16, p: &Proc) {
+/// Waits until something listens on loopback `port`, failing with `p`'s log after 20 s.
+pub fn wait_port(port: u16, p: &Proc) {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
