@@ -301,6 +301,11 @@ impl OwnMoto {
 impl Drop for OwnMoto {
     fn drop(&mut self) {
         self.stop();
+        if !std::thread::panicking() {
+            if let Some(dir) = self.log.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }
 
