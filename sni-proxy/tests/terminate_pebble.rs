@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -41,25 +41,6 @@ fn pebble_identity(dir: &TempDir) -> (std::path::PathBuf, std::path::PathBuf, st
     )
 }
 
-fn spawn(cmd: &mut Command) -> Proc {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = std::sync::Arc::clone(&stderr);
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
-    Proc { child, stderr }
-}
-
 #[test]
 fn terminate_mode_gets_a_pebble_certificate_and_forwards_http1_and_http2() {
     let dir = TempDir::new("terminate");
@@ -73,7 +54,7 @@ fn terminate_mode_gets_a_pebble_certificate_and_forwards_http1_and_http2() {
     );
 
     // DNS for the validation: every name resolves to 127.0.0.1 (and no AAAA).
-    let chall = spawn(Command::new("pebble-challtestsrv").args([
+    let chall = Proc::spawn(Command::new("pebble-challtestsrv").args([
         "-dns01",
         &format!("127.0.0.1:{dns_port}"),
         "-http01",
@@ -95,7 +76,7 @@ fn terminate_mode_gets_a_pebble_certificate_and_forwards_http1_and_http2() {
         "ocspResponderURL": "", "externalAccountBindingRequired": false,
     }});
     std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-    let pebble = spawn(
+    let pebble = Proc::spawn(
         Command::new("pebble")
             .arg("-config")
             .arg(dir.join("pebble.json"))

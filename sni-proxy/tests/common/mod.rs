@@ -127,6 +127,18 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `cmd` with stdout discarded and stderr collected.
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stderr = collect_stderr(&mut child);
+        Proc { child, stderr }
+    }
+
     /// All stderr lines so far, joined.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
@@ -266,19 +278,14 @@ http://:{http_port} {{
         );
         let cf = dir.join("Caddyfile");
         std::fs::write(&cf, caddyfile).unwrap();
-        let mut child = Command::new(bin)
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&cf)
-            .env("HOME", &dir.0)
-            .env("XDG_DATA_HOME", dir.join("xdg"))
-            .env("XDG_CONFIG_HOME", dir.join("xdg"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting caddy");
-        let stderr = collect_stderr(&mut child);
-        let proc = Proc { child, stderr };
+        let proc = Proc::spawn(
+            Command::new(bin)
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(&cf)
+                .env("HOME", &dir.0)
+                .env("XDG_DATA_HOME", dir.join("xdg"))
+                .env("XDG_CONFIG_HOME", dir.join("xdg")),
+        );
         wait_port(port, &proc);
         wait_port(http_port, &proc);
         Caddy {
