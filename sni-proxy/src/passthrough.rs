@@ -72,7 +72,8 @@ struct Outcome {
 async fn handle(mut client: TcpStream, peer: SocketAddr, state: &State) {
     let start = Instant::now();
     let bytes = Arc::new(relay::Bytes::default());
-    // Boxed: routing state is freed before the long relay, which keeps idle tasks small.
+    // Boxed: routing state (the ClientHello parser, the connect) is freed before the long
+    // relay, which keeps idle tasks small.
     let o = match Box::pin(route(&mut client, peer, state, &bytes, start)).await {
         Next::Done(o) => o,
         Next::Relay(mut o, route, backend, idle) => {
@@ -155,13 +156,11 @@ async fn route(
     let _ = client.set_nodelay(true);
     let table = state.routes.current();
     let limits = table.limits.clone();
-    // Boxed, like the connect below: the parser's state is freed once the hello is in,
-    // so an idle relayed connection's task stays small.
-    let hello = match Box::pin(read_client_hello(
+    let hello = match read_client_hello(
         client,
         limits.max_client_hello_bytes,
         limits.client_hello_timeout(),
-    ))
+    )
     .await
     {
         Ok(h) => h,
@@ -203,7 +202,7 @@ async fn route(
     if route.mode == Mode::Terminate {
         return Next::Terminate(o, route, hello, limits.idle_timeout());
     }
-    let backend = match Box::pin(connect(&route, limits.connect_timeout())).await {
+    let backend = match connect(&route, limits.connect_timeout()).await {
         Ok(b) => b,
         Err(e) => {
             if e.kind() == std::io::ErrorKind::TimedOut {
