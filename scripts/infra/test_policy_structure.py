@@ -42,6 +42,10 @@ def test_every_rendered_document_is_well_formed(world):
                 assert "Principal" in st and st["Principal"], where
                 if isinstance(st["Principal"], dict):
                     assert all(st["Principal"].values()), where
+                if label.endswith(" trust"):
+                    assert "Resource" not in st and "NotResource" not in st, f"{where}: a trust policy names no Resource"
+                else:
+                    assert st.get("Resource") == "*", f"{where}: a key policy statement needs Resource \"*\""
             for op, block in st.get("Condition", {}).items():
                 base = op.split(":", 1)[-1].removesuffix("IfExists")
                 assert base in SUPPORTED_OPERATORS, f"{where}: operator {op}"
