@@ -41,12 +41,36 @@ impl Daemon {
     }
 }
 
+/// Restarts dead engines every `every`, taking the change lock so it never races a
+/// create, stop or destroy. Runs for the daemon's life.
+pub async fn supervise(d: Arc<Daemon>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let _serial = d.changes.lock().await;
+        let (restarted, errors) = d
+            .host
+            .supervise(&mut |line| tracing::warn!(target: "supervise", "{line}"))
+            .await;
+        for name in restarted {
+            tracing::info!(target: "supervise", tenant = %name, "engine restarted");
+        }
+        for e in errors {
+            tracing::error!(target: "supervise", "{e}");
+        }
+    }
+}
+
 /// The API routes.
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
         .route("/v1/tenants", get(list).post(create))
         .route("/v1/tenants/{name}", get(status).delete(destroy))
         .route("/v1/tenants/{name}/deploy", post(deploy))
+        .route("/v1/tenants/{name}/stop", post(stop))
+        .route("/v1/tenants/{name}/start", post(start))
+        .route("/v1/tenants/{name}/quarantine", post(quarantine))
+        .route("/v1/tenants/{name}/logs", get(logs))
+        .route("/v1/tenants/{name}/images", post(load_image))
         .with_state(d)
 }
 
@@ -79,6 +103,7 @@ fn summary(d: &Daemon, r: &Record) -> Value {
         "steps_done": r.done,
         "engine_pid": engine.as_ref().map(Engine::pid),
         "engine_rss_bytes": engine.as_ref().and_then(Engine::rss_bytes),
+        "quarantined": r.quarantined,
         "subdomains": r.spec.subdomains,
     })
 }
@@ -214,4 +239,222 @@ async fn deploy(
             Ok(json!({ "project": rec.spec.name.compose_project(), "containers": started }))
         })
     })
+}
+
+/// Which lifecycle change a plain POST asks for.
+#[derive(Clone, Copy)]
+enum Change {
+    Stop,
+    Start,
+    Quarantine(bool),
+}
+
+fn change(d: Arc<Daemon>, name: String, what: Change) -> Response {
+    match d.host.record(&name) {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    stream(d, move |d, progress| {
+        Box::pin(async move {
+            let r = match what {
+                Change::Stop => d.host.stop(&name, progress).await,
+                Change::Start => d.host.start(&name, progress).await,
+                Change::Quarantine(on) => d.host.quarantine(&name, on, progress).await,
+            }
+            .map_err(|e| e.to_string())?;
+            Ok(summary(d, &r))
+        })
+    })
+}
+
+async fn stop(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
+    change(d, name, Change::Stop)
+}
+
+async fn start(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
+    change(d, name, Change::Start)
+}
+
+#[derive(Deserialize)]
+struct QuarantineQuery {
+    /// `false` lifts the quarantine.
+    #[serde(default = "yes")]
+    on: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn quarantine(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<QuarantineQuery>,
+) -> Response {
+    change(d, name, Change::Quarantine(q.on))
+}
+
+/// A client for a tenant's running engine, or the error response to send.
+async fn tenant_engine(d: &Daemon, name: &str) -> Result<(Record, bollard::Docker), Response> {
+    let rec = match d.host.record(name) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                format!("no tenant named {name:?}"),
+            ))
+        }
+        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    let engine = Engine::adopt(d.host.engine_config(&rec)).ok_or_else(|| {
+        error(
+            StatusCode::CONFLICT,
+            format!("tenant {name}: engine is not running (stopped? run `hostd ctl start {name}`)"),
+        )
+    })?;
+    let docker = engine.connect().await.ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("tenant {name}: engine does not answer; see its log"),
+        )
+    })?;
+    Ok((rec, docker))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    service: Option<String>,
+    #[serde(default)]
+    follow: bool,
+    /// Lines from the end of each container's log (`all` by default).
+    tail: Option<String>,
+}
+
+/// Streams the logs of the tenant's project containers (or one service's) as JSON lines
+/// `{"container": ..., "log": ...}`. Not serialised with changes: `--follow` runs for long.
+async fn logs(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<LogsQuery>,
+) -> Response {
+    use bollard::container::LogOutput;
+    use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
+    use futures_util::StreamExt;
+    let (rec, docker) = match tenant_engine(&d, &name).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let mut filter = vec![format!(
+        "{}={}",
+        crate::compose::labels::PROJECT,
+        rec.spec.name.compose_project()
+    )];
+    if let Some(s) = &q.service {
+        filter.push(format!("{}={s}", crate::compose::labels::SERVICE));
+    }
+    let list = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&std::collections::HashMap::from([(
+            "label".to_owned(),
+            filter,
+        )]))
+        .build();
+    let containers = match docker.list_containers(Some(list)).await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("listing containers: {e}")),
+    };
+    if containers.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            match &q.service {
+                Some(s) => format!("tenant {name} has no container of service {s:?}"),
+                None => format!("tenant {name} has no containers; deploy a project first"),
+            },
+        );
+    }
+    let mut streams = Vec::new();
+    for c in containers {
+        let Some(id) = c.id else { continue };
+        let cname = c
+            .names
+            .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
+            .unwrap_or_else(|| id.clone());
+        let opts = LogsOptionsBuilder::default()
+            .follow(q.follow)
+            .stdout(true)
+            .stderr(true)
+            .tail(q.tail.as_deref().unwrap_or("all"))
+            .build();
+        let s = docker.logs(&id, Some(opts)).map(move |item| {
+            let line = match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::StdErr { message })
+                | Ok(LogOutput::Console { message }) => {
+                    json!({ "container": cname, "log": String::from_utf8_lossy(&message) })
+                }
+                Ok(LogOutput::StdIn { .. }) => return Bytes::new(),
+                Err(e) => json!({ "error": format!("{cname}: {e}") }),
+            };
+            Bytes::from(format!("{line}\n"))
+        });
+        streams.push(s.boxed());
+    }
+    let body = futures_util::stream::select_all(streams)
+        .filter(|b| std::future::ready(!b.is_empty()))
+        .map(Ok::<_, std::convert::Infallible>);
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "building the response failed",
+            )
+        })
+}
+
+/// Loads an image tarball (`docker save` format) into the tenant's engine: how images
+/// arrive on hosts without a registry. The body streams; nothing is buffered whole.
+async fn load_image(
+    State(d): State<Arc<Daemon>>,
+    UrlPath(name): UrlPath<String>,
+    body: Body,
+) -> Response {
+    use bollard::query_parameters::ImportImageOptionsBuilder;
+    use futures_util::StreamExt;
+    let (_, docker) = match tenant_engine(&d, &name).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let mut load = docker.import_image_stream(
+        ImportImageOptionsBuilder::default().quiet(true).build(),
+        body.into_data_stream(),
+        None,
+    );
+    let mut loaded = Vec::new();
+    while let Some(step) = load.next().await {
+        match step {
+            Ok(info) => {
+                if let Some(err) = info.error_detail.and_then(|e| e.message) {
+                    return error(StatusCode::UNPROCESSABLE_ENTITY, format!("loading the image: {err}"));
+                }
+                if let Some(s) = info.stream {
+                    let s = s.trim();
+                    if let Some(img) = s
+                        .strip_prefix("Loaded image: ")
+                        .or_else(|| s.strip_prefix("Loaded image ID: "))
+                    {
+                        loaded.push(img.to_owned());
+                    }
+                }
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("loading the image into tenant {name}'s engine: {e}; is it a `docker save` tarball?"),
+                )
+            }
+        }
+    }
+    Json(json!({ "tenant": name, "loaded": loaded })).into_response()
 }

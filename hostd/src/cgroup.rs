@@ -332,21 +332,34 @@ impl TenantCgroup {
         Ok(())
     }
 
-    /// How many times the tenant hit its memory limit and the kernel OOM-killed in it.
+    /// How many processes the kernel OOM-killed in the tenant, its containers included.
+    /// v2's `memory.events` already counts the whole subtree; v1 counts a kill only in the
+    /// victim's own cgroup (a container's, below the tenant's), so v1 sums the subtree.
     pub fn oom_kills(&self) -> Result<u64, CgroupError> {
-        let path = match self.fs.version {
-            Version::V1 => self
-                .fs
-                .v1_dir("memory", &self.rel)
-                .join("memory.oom_control"),
-            Version::V2 => self.fs.root.join(&self.rel).join("memory.events"),
+        let count = |path: &Path| -> Result<u64, CgroupError> {
+            Ok(read(path)?
+                .lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0))
         };
-        let text = read(&path)?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0))
+        match self.fs.version {
+            Version::V2 => count(&self.fs.root.join(&self.rel).join("memory.events")),
+            Version::V1 => {
+                let mut total = 0;
+                let mut dirs = vec![self.fs.v1_dir("memory", &self.rel)];
+                while let Some(dir) = dirs.pop() {
+                    total += count(&dir.join("memory.oom_control"))?;
+                    let entries = std::fs::read_dir(&dir).map_err(io("list", &dir))?;
+                    for entry in entries.flatten() {
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            dirs.push(entry.path());
+                        }
+                    }
+                }
+                Ok(total)
+            }
+        }
     }
 
     /// Removes the cgroup (children first); refuses while processes remain.
@@ -493,6 +506,25 @@ mod tests {
             err.to_string().contains("`memory` is not available"),
             "{err}"
         );
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn v1_oom_kills_count_the_containers_below_the_tenant() {
+        let tmp = tempdir();
+        let root = tmp.join("cgroup");
+        for c in ["cpu", "pids", "blkio"] {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+        }
+        let tenant = root.join("memory").join(PARENT).join("acme");
+        let container = tenant.join("0123abcd");
+        std::fs::create_dir_all(&container).unwrap();
+        let oom = |n: u32| format!("oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n");
+        std::fs::write(tenant.join("memory.oom_control"), oom(0)).unwrap();
+        std::fs::write(container.join("memory.oom_control"), oom(2)).unwrap();
+        let fs = CgroupFs::detect_at(&root).unwrap();
+        assert_eq!(fs.version(), Version::V1);
+        assert_eq!(fs.tenant("acme").oom_kills().unwrap(), 2);
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -38,12 +39,31 @@ fn fail(code: i32, message: impl Into<String>) -> CtlError {
     }
 }
 
+/// A request body: small ones in memory, image tarballs streamed from their file.
+pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A request body from a string (spec or compose file); empty for `None`.
+pub fn text_body(body: Option<String>) -> RequestBody {
+    Full::new(Bytes::from(body.unwrap_or_default()))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A request body streamed from a file, so a large image tarball is never held whole.
+pub async fn file_body(path: &Path) -> Result<RequestBody, CtlError> {
+    let f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))?;
+    let frames = tokio_util::io::ReaderStream::new(f).map_ok(hyper::body::Frame::data);
+    Ok(http_body_util::StreamBody::new(frames).boxed())
+}
+
 /// One API call: sends the request and hands every JSON line of the answer to `on_line`.
 pub async fn call(
     socket: &Path,
     method: Method,
     path: &str,
-    body: Option<String>,
+    body: RequestBody,
     on_line: &mut dyn FnMut(Value),
 ) -> Result<u16, CtlError> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
@@ -63,7 +83,7 @@ pub async fn call(
         .method(method)
         .uri(path)
         .header("host", "hostd")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(body)
         .map_err(|e| fail(exit::FAILED, e.to_string()))?;
     let resp = sender
         .send_request(req)
@@ -93,18 +113,33 @@ pub async fn call(
     Ok(status)
 }
 
-/// Runs a call the way the CLI shows it: progress lines to stderr, the result to stdout.
+/// Runs a call the way the CLI shows it: progress lines to stderr, log lines and the
+/// result to stdout.
 pub async fn run(
     socket: &Path,
     method: Method,
     path: &str,
-    body: Option<String>,
+    body: RequestBody,
     json: bool,
 ) -> Result<Value, CtlError> {
+    use std::io::Write;
     let mut result = None;
     let mut err = None;
     let status = call(socket, method, path, body, &mut |v| {
-        if let Some(p) = v.get("progress").and_then(Value::as_str) {
+        if let (Some(c), Some(l)) = (
+            v.get("container").and_then(Value::as_str),
+            v.get("log").and_then(Value::as_str),
+        ) {
+            if json {
+                println!("{v}");
+            } else {
+                print!("{c} | {l}");
+                if !l.ends_with('\n') {
+                    println!();
+                }
+            }
+            let _ = std::io::stdout().flush();
+        } else if let Some(p) = v.get("progress").and_then(Value::as_str) {
             if json {
                 println!("{v}");
             } else {
@@ -135,8 +170,8 @@ pub async fn run(
 /// Renders tenant summaries as a table for humans.
 pub fn table(tenants: &[Value]) -> String {
     let mut out = format!(
-        "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9}\n",
-        "NAME", "TEMPLATE", "SLOT", "DESIRED", "ENGINE", "RSS MiB"
+        "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {}\n",
+        "NAME", "TEMPLATE", "SLOT", "DESIRED", "ENGINE", "RSS MiB", "NETWORK"
     );
     for t in tenants {
         let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
@@ -151,14 +186,20 @@ pub fn table(tenants: &[Value]) -> String {
             .map(|b| format!("{:.1}", b as f64 / 1048576.0))
             .unwrap_or_else(|| "-".into());
         let slot = t.get("slot").and_then(Value::as_u64).unwrap_or(0);
+        let network = if t.get("quarantined").and_then(Value::as_bool) == Some(true) {
+            "quarantined"
+        } else {
+            "open"
+        };
         out.push_str(&format!(
-            "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9}\n",
+            "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {}\n",
             s("name"),
             s("template"),
             slot,
             s("desired"),
             pid,
-            rss
+            rss,
+            network
         ));
     }
     out

@@ -217,6 +217,11 @@ impl Engine {
         self.pid
     }
 
+    /// The process handle when this hostd started the engine, so its caller can reap it.
+    pub fn into_child(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg

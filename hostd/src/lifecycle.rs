@@ -46,6 +46,8 @@ pub const STEPS: [Step; 5] = [
 pub enum Desired {
     /// Provisioned and running.
     Present,
+    /// Provisioned, containers and engine stopped; everything kept (`hostd ctl stop`).
+    Stopped,
     /// Torn down; the record is deleted once nothing is left.
     Absent,
 }
@@ -64,6 +66,12 @@ pub struct Record {
     /// Remove the engine's data on destroy.
     #[serde(default)]
     pub wipe: bool,
+    /// All networking cut, everything kept for forensics (`hostd ctl quarantine`).
+    #[serde(default)]
+    pub quarantined: bool,
+    /// Containers that were running when the tenant was stopped; `start` starts them again.
+    #[serde(default)]
+    pub stopped_containers: Vec<String>,
 }
 
 /// Failures of a lifecycle step; names the tenant and step so the operator knows where it stopped.
@@ -114,13 +122,34 @@ pub struct HostConfig {
 pub struct Host {
     cfg: HostConfig,
     store: Store,
+    /// Engines this process started, kept so that a dead one is reaped, not left a zombie.
+    children: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
 impl Host {
     /// Opens the host's state store.
     pub fn open(cfg: HostConfig) -> Result<Self, LifecycleError> {
         let store = Store::open(cfg.state_dir.join("tenants"))?;
-        Ok(Self { cfg, store })
+        Ok(Self {
+            cfg,
+            store,
+            children: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The record of a tenant that exists and is not being destroyed.
+    fn live_record(&self, name: &str) -> Result<Record, LifecycleError> {
+        match self.record(name)? {
+            None => Err(LifecycleError::Conflict(
+                name.into(),
+                "no such tenant".into(),
+            )),
+            Some(r) if r.desired == Desired::Absent => Err(LifecycleError::Conflict(
+                name.into(),
+                "is being destroyed; finish `destroy` first".into(),
+            )),
+            Some(r) => Ok(r),
+        }
     }
 
     /// The record of a tenant, if any.
@@ -218,33 +247,242 @@ impl Host {
                     desired: Desired::Present,
                     done: Vec::new(),
                     wipe: false,
+                    quarantined: false,
+                    stopped_containers: Vec::new(),
                 };
                 self.store.put(&name, &r)?;
                 progress(format!("{name}: recorded in slot {slot}"));
                 r
             }
         };
-        for step in STEPS {
-            // Every step is idempotent, so a step recorded as done is run again only when
-            // its effect may have been lost (the engine after a reboot).
-            if rec.done.contains(&step) && step != Step::Engine {
-                continue;
+        self.provision(&mut rec, progress).await?;
+        Ok(rec)
+    }
+
+    /// Runs every step forward. All are idempotent and all run every time, because a host
+    /// reboot loses the effects of several (cgroup, rules, engine) while the record stays.
+    /// A stopped tenant gets everything but a running engine.
+    async fn provision(
+        &self,
+        rec: &mut Record,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), LifecycleError> {
+        let name = rec.spec.name.to_string();
+        let failed = |step: Step| {
+            let tenant = name.clone();
+            move |message: String| LifecycleError::Step {
+                tenant,
+                step,
+                message,
             }
-            progress(format!("{name}: {step:?}"));
-            self.up(&rec, step)
-                .await
-                .map_err(|message| LifecycleError::Step {
-                    tenant: name.clone(),
-                    step,
-                    message,
-                })?;
+        };
+        for step in STEPS {
+            if step == Step::Engine && rec.desired == Desired::Stopped {
+                progress(format!("{name}: Engine (stopped)"));
+                self.halt(rec, progress).await.map_err(failed(step))?;
+            } else {
+                progress(format!("{name}: {step:?}"));
+                self.up(rec, step).await.map_err(failed(step))?;
+            }
             if !rec.done.contains(&step) {
                 rec.done.push(step);
-                self.store.put(&name, &rec)?;
+                self.store.put(&name, rec)?;
             }
         }
-        progress(format!("{name}: provisioned"));
+        if rec.desired == Desired::Present && !rec.stopped_containers.is_empty() {
+            self.resume_containers(rec, progress)
+                .await
+                .map_err(failed(Step::Engine))?;
+            rec.stopped_containers.clear();
+            self.store.put(&name, rec)?;
+        }
+        progress(format!(
+            "{name}: {}",
+            if rec.desired == Desired::Stopped {
+                "provisioned, stopped"
+            } else {
+                "provisioned"
+            }
+        ));
+        Ok(())
+    }
+
+    /// Stops the tenant's containers (remembering which ran) and then its engine; keeps
+    /// everything else. Safe to repeat.
+    pub async fn stop(
+        &self,
+        name: &str,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Record, LifecycleError> {
+        let mut rec = self.live_record(name)?;
+        if rec.desired != Desired::Stopped {
+            rec.desired = Desired::Stopped;
+            self.store.put(name, &rec)?;
+        }
+        self.provision(&mut rec, progress).await?;
         Ok(rec)
+    }
+
+    /// Starts a stopped tenant: engine first, then the containers that ran when it stopped.
+    pub async fn start(
+        &self,
+        name: &str,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Record, LifecycleError> {
+        let mut rec = self.live_record(name)?;
+        if rec.desired != Desired::Present {
+            rec.desired = Desired::Present;
+            self.store.put(name, &rec)?;
+        }
+        self.provision(&mut rec, progress).await?;
+        Ok(rec)
+    }
+
+    /// Cuts (or restores) all of the tenant's networking; containers, data and engine stay
+    /// as they are, and the operator keeps access through the engine socket.
+    pub async fn quarantine(
+        &self,
+        name: &str,
+        on: bool,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Record, LifecycleError> {
+        let mut rec = self.live_record(name)?;
+        rec.quarantined = on;
+        self.store.put(name, &rec)?;
+        progress(format!(
+            "{name}: {}",
+            if on {
+                "cutting all networking"
+            } else {
+                "restoring networking"
+            }
+        ));
+        self.up(&rec, Step::Firewall)
+            .await
+            .map_err(|message| LifecycleError::Step {
+                tenant: name.into(),
+                step: Step::Firewall,
+                message,
+            })?;
+        Ok(rec)
+    }
+
+    /// Restarts the engines of running tenants whose dockerd died (containers survive it:
+    /// live-restore); what the daemon runs periodically. Returns the tenants restarted.
+    pub async fn supervise(
+        &self,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> (Vec<String>, Vec<LifecycleError>) {
+        if let Ok(mut children) = self.children.lock() {
+            children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        }
+        let (mut restarted, mut errors) = (Vec::new(), Vec::new());
+        let records = match self.records() {
+            Ok(r) => r,
+            Err(e) => return (restarted, vec![e]),
+        };
+        for r in records {
+            let running = r.desired == Desired::Present && r.done.contains(&Step::Engine);
+            if !running || Engine::adopt(self.engine_config(&r)).is_some() {
+                continue;
+            }
+            let name = r.spec.name.to_string();
+            progress(format!("{name}: engine is not running; restarting it"));
+            match self.up(&r, Step::Engine).await {
+                Ok(()) => restarted.push(name),
+                Err(message) => errors.push(LifecycleError::Step {
+                    tenant: name,
+                    step: Step::Engine,
+                    message,
+                }),
+            }
+        }
+        (restarted, errors)
+    }
+
+    /// Stops the containers (recording the running ones first) and the engine.
+    async fn halt(
+        &self,
+        rec: &mut Record,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), String> {
+        use bollard::query_parameters::{
+            ListContainersOptionsBuilder, StopContainerOptionsBuilder,
+        };
+        let Some(engine) = Engine::adopt(self.engine_config(rec)) else {
+            return Ok(());
+        };
+        if let Some(d) = engine.connect().await {
+            let running = d
+                .list_containers(Some(ListContainersOptionsBuilder::default().build()))
+                .await
+                .map_err(|e| format!("listing containers: {e}"))?;
+            let names: Vec<String> = running
+                .iter()
+                .filter_map(|c| {
+                    c.names
+                        .as_ref()?
+                        .first()
+                        .map(|n| n.trim_start_matches('/').to_owned())
+                })
+                .collect();
+            // Persist the list before stopping anything: a crash mid-way must not forget
+            // which containers `start` has to bring back.
+            let mut changed = false;
+            for n in &names {
+                if !rec.stopped_containers.contains(n) {
+                    rec.stopped_containers.push(n.clone());
+                    changed = true;
+                }
+            }
+            if changed {
+                self.store
+                    .put(rec.spec.name.as_str(), rec)
+                    .map_err(|e| e.to_string())?;
+            }
+            for n in &names {
+                progress(format!("{}: stopping container {n}", rec.spec.name));
+                let opts = StopContainerOptionsBuilder::default().t(10).build();
+                d.stop_container(n, Some(opts))
+                    .await
+                    .map_err(|e| format!("stopping container {n}: {e}"))?;
+            }
+        }
+        progress(format!("{}: stopping engine", rec.spec.name));
+        tokio::task::spawn_blocking(move || engine.stop(Duration::from_secs(30)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Starts the containers a stop recorded.
+    async fn resume_containers(
+        &self,
+        rec: &Record,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), String> {
+        let engine = Engine::adopt(self.engine_config(rec))
+            .ok_or_else(|| "engine is not running".to_owned())?;
+        let d = engine
+            .connect()
+            .await
+            .ok_or_else(|| "engine does not answer".to_owned())?;
+        for n in &rec.stopped_containers {
+            progress(format!("{}: starting container {n}", rec.spec.name));
+            match d
+                .start_container(n, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+            {
+                Ok(()) => {}
+                // Already running (a repeated start) or removed since: nothing to do.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 304 | 404,
+                    ..
+                }) => {}
+                Err(e) => return Err(format!("starting container {n}: {e}")),
+            }
+        }
+        Ok(())
     }
 
     /// Tears the tenant down in reverse order; resumes a half-done destroy; deletes the record last.
@@ -298,7 +536,10 @@ impl Host {
         };
         for r in records {
             let result = match r.desired {
-                Desired::Present => self.create(r.spec.clone(), progress).await.map(|_| ()),
+                Desired::Present | Desired::Stopped => {
+                    let mut r = r;
+                    self.provision(&mut r, progress).await
+                }
                 Desired::Absent => self.destroy(r.spec.name.as_str(), r.wipe, progress).await,
             };
             if let Err(e) = result {
@@ -335,14 +576,19 @@ impl Host {
             Step::Firewall => self
                 .cfg
                 .firewall
-                .apply(&Self::net(r), &self.cfg.services, false)
+                .apply(&Self::net(r), &self.cfg.services, r.quarantined)
                 .map_err(|e| e.to_string()),
             Step::Engine => {
                 let mut e = Engine::start(self.engine_config(r)).map_err(|e| e.to_string())?;
-                e.wait_ready(Duration::from_secs(60))
+                let ready = e
+                    .wait_ready(Duration::from_secs(60))
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string());
+                if let (Some(child), Ok(mut children)) = (e.into_child(), self.children.lock()) {
+                    children.push(child);
+                }
+                ready
             }
         }
     }

@@ -62,6 +62,10 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Seconds between checks that every running tenant's engine is alive (a dead one
+        /// is restarted; its containers survive through live-restore).
+        #[arg(long, default_value_t = 5)]
+        supervise_interval: u64,
     },
     /// Operator commands against a running hostd.
     ///
@@ -102,6 +106,47 @@ enum Op {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+    /// Print the logs of the tenant's project containers, or of one service's.
+    Logs {
+        /// Tenant name.
+        name: String,
+        /// Only this compose service.
+        service: Option<String>,
+        /// Keep streaming new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end of each container's log (`all` for everything).
+        #[arg(long, default_value = "all")]
+        tail: String,
+    },
+    /// Load an image tarball (`docker save` format) into the tenant's engine, for hosts
+    /// without a registry; compose files then use the image by name.
+    Load {
+        /// Tenant name.
+        name: String,
+        /// The tarball.
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+    },
+    /// Stop the tenant's containers and engine; keeps data, rules and cgroup. `start` undoes it.
+    Stop {
+        /// Tenant name.
+        name: String,
+    },
+    /// Start a stopped tenant: engine, then the containers that ran when it was stopped.
+    Start {
+        /// Tenant name.
+        name: String,
+    },
+    /// Cut all of the tenant's networking (in and out), keeping containers, data and engine
+    /// for forensics; the operator keeps access through the engine socket.
+    Quarantine {
+        /// Tenant name.
+        name: String,
+        /// Lift the quarantine instead.
+        #[arg(long)]
+        lift: bool,
+    },
     /// Remove a tenant and everything hostd made for it.
     Destroy {
         /// Tenant name.
@@ -133,6 +178,7 @@ fn main() -> ExitCode {
             broker,
             broker_port,
             log_format,
+            supervise_interval,
         } => {
             let sub = tracing_subscriber::fmt().with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -156,7 +202,8 @@ fn main() -> ExitCode {
                 },
                 firewall: Firewall::default(),
             };
-            match rt.block_on(serve(cfg, socket)) {
+            let every = std::time::Duration::from_secs(supervise_interval.max(1));
+            match rt.block_on(serve(cfg, socket, every)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -174,7 +221,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: HostConfig, socket: PathBuf) -> anyhow::Result<()> {
+async fn serve(cfg: HostConfig, socket: PathBuf, every: std::time::Duration) -> anyhow::Result<()> {
     let host = Host::open(cfg).context("opening hostd's state store")?;
     let errors = host
         .reconcile(&mut |line| tracing::info!(target: "reconcile", "{line}"))
@@ -184,6 +231,7 @@ async fn serve(cfg: HostConfig, socket: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %socket.display(), tenants_with_errors = errors.len(), "serving");
     let daemon = hostd::api::Daemon::new(host);
+    tokio::spawn(hostd::api::supervise(daemon.clone(), every));
     tokio::select! {
         r = hostd::api::serve(daemon, &socket) => r.with_context(|| format!("serving on {}", socket.display())),
         _ = tokio::signal::ctrl_c() => {
@@ -220,24 +268,33 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
                 socket,
                 Method::POST,
                 "/v1/tenants",
-                Some(ctl::read_input(&file)?),
+                ctl::text_body(Some(ctl::read_input(&file)?)),
                 json,
             )
             .await?
         }
-        Op::List => ctl::run(socket, Method::GET, "/v1/tenants", None, json).await?,
+        Op::List => {
+            ctl::run(
+                socket,
+                Method::GET,
+                "/v1/tenants",
+                ctl::text_body(None),
+                json,
+            )
+            .await?
+        }
         Op::Status { name } => {
             ctl::run(
                 socket,
                 Method::GET,
                 &format!("/v1/tenants/{name}"),
-                None,
+                ctl::text_body(None),
                 json,
             )
             .await?
         }
         Op::Deploy { name, file } => {
-            let body = Some(ctl::read_input(&file)?);
+            let body = ctl::text_body(Some(ctl::read_input(&file)?));
             ctl::run(
                 socket,
                 Method::POST,
@@ -252,13 +309,45 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
                 socket,
                 Method::DELETE,
                 &format!("/v1/tenants/{name}?wipe={wipe}"),
-                None,
+                ctl::text_body(None),
                 json,
             )
             .await?
+        }
+        Op::Logs {
+            name,
+            service,
+            follow,
+            tail,
+        } => {
+            let mut path = format!("/v1/tenants/{name}/logs?follow={follow}&tail={tail}");
+            if let Some(s) = service {
+                path.push_str(&format!("&service={s}"));
+            }
+            ctl::run(socket, Method::GET, &path, ctl::text_body(None), json).await?;
+            return Ok(());
+        }
+        Op::Load { name, input } => {
+            let body = ctl::file_body(&input).await?;
+            let path = format!("/v1/tenants/{name}/images");
+            ctl::run(socket, Method::POST, &path, body, json).await?
+        }
+        Op::Stop { name } => post(socket, &format!("/v1/tenants/{name}/stop"), json).await?,
+        Op::Start { name } => post(socket, &format!("/v1/tenants/{name}/start"), json).await?,
+        Op::Quarantine { name, lift } => {
+            let path = format!("/v1/tenants/{name}/quarantine?on={}", !lift);
+            post(socket, &path, json).await?
         }
     };
     show(&v);
     let _ = exit::OK;
     Ok(())
+}
+
+async fn post(
+    socket: &std::path::Path,
+    path: &str,
+    json: bool,
+) -> Result<serde_json::Value, CtlError> {
+    ctl::run(socket, Method::POST, path, ctl::text_body(None), json).await
 }

@@ -4,137 +4,44 @@
 //! re-adopts the engine, destroy with nothing left, and the documented exit codes.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+mod support;
 
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run `make test` (scripts/test-env writes it)")
-    })
-}
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
+use support::{busybox_tarball, require_root, tenant_docker, text, write_spec, Cleanup, Daemon};
 
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let socket = dir.join("hostd.sock");
-        // A killed daemon leaves its socket behind; wait for the new one's.
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::File::create(dir.join("hostd.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
-            .args(["serve", "--socket"])
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--data-root")
-            .arg(dir.join("engines"))
-            .args([
-                "--run-root",
-                "/run/m8trx-e2e/engines",
-                "--containerd",
-                &env("M8TRX_CONTAINERD_SOCKET"),
-            ])
-            .arg("--log-dir")
-            .arg(dir.join("logs"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        for _ in 0..300 {
-            if socket.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+/// Polls `f` every 200 ms until it returns `Some`, or panics after `secs` with `what`.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
         }
-        assert!(
-            socket.exists(),
-            "hostd serve did not open its socket; see {}",
-            dir.join("hostd.log").display()
-        );
-        Daemon {
-            child,
-            socket,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_hostd"))
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap()
+        assert!(Instant::now() < deadline, "timed out after {secs}s: {what}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// Destroys the tenant if the test fails half-way, so a failure leaves nothing behind.
-struct Cleanup {
-    dir: PathBuf,
-    name: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if std::thread::panicking() && self.dir.join("state").exists() {
-            let d = Daemon::start(&self.dir);
-            let _ = d.ctl(&["destroy", &self.name, "--wipe"]);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn pids_in_tenant_cgroup(name: &str) -> u64 {
+    hostd::cgroup::CgroupFs::detect()
+        .unwrap()
+        .tenant(name)
+        .pids_current()
+        .unwrap()
 }
 
 #[test]
 fn serve_and_ctl_create_deploy_restart_destroy() {
-    assert_eq!(
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1),
-        Some("0"),
-        "this test must run as root"
-    );
+    require_root();
     let id = std::process::id();
     let name = format!("ctl-{id}");
     let dir = std::env::temp_dir().join(format!("m8trx-hostd-ctl-{id}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("spec.yml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version: 1\nname: {name}\ntemplate: baseline\nsubdomains: [{name}.m8trx.test]\n\
-             limits: {{ cpu: 0.5, memory: 256Mi, pids: 256, disk: 1Gi }}\n\
-             volume: {{ loop_image: /var/lib/m8trx-e2e/{name}.img }}\n\
-             role: {{ arn: \"arn:aws:iam::123456789012:role/m8trx-customer\", external_id: ext-1 }}\n"
-        ),
-    )
-    .unwrap();
+    let spec = write_spec(&dir, &name, "256Mi");
     let _cleanup = Cleanup {
         dir: dir.clone(),
-        name: name.clone(),
+        names: vec![name.clone()],
     };
     let mut d = Daemon::start(&dir);
 
@@ -178,20 +85,23 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
     assert_eq!(status["desired"], "present");
 
     // The image arrives as a tarball (no registry here), then the project deploys.
-    let image = env("M8TRX_IMAGE_BUSYBOX");
-    let engine_sock = format!("unix:///run/m8trx-e2e/engines/{name}/docker.sock");
-    let load = Command::new("sh")
-        .args([
-            "-c",
-            &format!("docker save {image} | docker -H {engine_sock} load"),
-        ])
-        .output()
-        .unwrap();
-    assert!(load.status.success(), "{}", text(&load));
+    let (image, tar) = busybox_tarball(&dir);
+    let o = d.ctl(&["load", &name, "-i", tar.to_str().unwrap()]);
+    assert!(o.status.success(), "load failed: {}", text(&o));
+    assert!(
+        text(&o).contains(&image),
+        "the loaded image is named: {}",
+        text(&o)
+    );
+    let o = d.ctl(&["load", &name, "-i", "/etc/hostname"]);
+    assert_eq!(o.status.code(), Some(1), "not a tarball: {}", text(&o));
     let compose = dir.join("compose.yml");
     std::fs::write(
         &compose,
-        format!("services:\n  app:\n    image: {image}\n    command: [sleep, '300']\n"),
+        format!(
+            "services:\n  app:\n    image: {image}\n    \
+             command: [sh, -c, 'echo hello-from-app; exec sleep 300']\n"
+        ),
     )
     .unwrap();
     let o = d.ctl(&["deploy", &name, "-f", compose.to_str().unwrap()]);
@@ -214,6 +124,106 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         "{}",
         text(&o)
     );
+
+    // Logs of one service, and a clear refusal for a service that does not exist.
+    let logs = wait_for(20, "the app's first log line", || {
+        let o = d.ctl(&["logs", &name, "app"]);
+        (o.status.success() && text(&o).contains("hello-from-app")).then(|| text(&o))
+    });
+    assert!(
+        logs.contains(&format!("m8trx-{name}-app-1 | hello-from-app")),
+        "{logs}"
+    );
+    let o = d.ctl(&["logs", &name, "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no container of service"), "{}", text(&o));
+
+    // The engine dies (kill -9): the supervisor starts a new one, and with live-restore
+    // the app container kept running through it.
+    let app_pid =
+        |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let before = app_pid(&tenant_docker(
+        &name,
+        &[
+            "inspect",
+            "-f",
+            "{{.State.Pid}}",
+            &format!("m8trx-{name}-app-1"),
+        ],
+    ));
+    assert!(before.parse::<u32>().unwrap() > 0, "app running: {before}");
+    let o = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    wait_for(30, "the supervisor restarts the dead engine", || {
+        d.status(&name)["engine_pid"].as_u64().filter(|p| *p != pid)
+    });
+    let after = wait_for(30, "the restarted engine answers", || {
+        let o = tenant_docker(
+            &name,
+            &[
+                "inspect",
+                "-f",
+                "{{.State.Pid}}",
+                &format!("m8trx-{name}-app-1"),
+            ],
+        );
+        o.status.success().then(|| app_pid(&o))
+    });
+    assert_eq!(before, after, "the container survived the engine's death");
+
+    // stop: containers and engine stop, nothing of the tenant runs; start brings both back.
+    assert!(pids_in_tenant_cgroup(&name) > 0);
+    d.ok(&["stop", &name]);
+    let st = d.status(&name);
+    assert_eq!(st["desired"], "stopped", "{st}");
+    assert!(st["engine_pid"].is_null(), "engine stopped: {st}");
+    assert_eq!(
+        pids_in_tenant_cgroup(&name),
+        0,
+        "no process left in the tenant's cgroup"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        d.status(&name)["engine_pid"].is_null(),
+        "the supervisor leaves a stopped tenant stopped"
+    );
+    let o = d.ctl(&["logs", &name]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("hostd ctl start"),
+        "says what to do: {}",
+        text(&o)
+    );
+    let out = d.ok(&["start", &name]);
+    assert!(out.contains("starting container"), "{out}");
+    let st = d.status(&name);
+    assert_eq!(st["desired"], "present", "{st}");
+    let pid = st["engine_pid"].as_u64().expect("engine running again");
+    let o = tenant_docker(
+        &name,
+        &[
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            &format!("m8trx-{name}-app-1"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "true",
+        "{}",
+        text(&o)
+    );
+
+    // quarantine is recorded and shown; the traffic it cuts is tested with two tenants.
+    let out = d.ok(&["quarantine", &name]);
+    assert!(out.contains("quarantined"), "{out}");
+    assert_eq!(d.status(&name)["quarantined"], true);
+    d.ok(&["quarantine", &name, "--lift"]);
+    assert_eq!(d.status(&name)["quarantined"], false);
 
     // kill -9 the daemon; a new one reconciles and adopts the same engine.
     d.child.kill().unwrap();

@@ -1,0 +1,181 @@
+//! What the daemon-level tests share: a `hostd serve` child on a private socket and state
+//! directory, `hostd ctl` against it, and the tenant engine's docker CLI.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// A variable `scripts/test-env` writes; panics with the fix when it is missing.
+pub fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run `make test` (scripts/test-env writes it)")
+    })
+}
+
+/// Fails loudly unless the test runs as root.
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1));
+    assert_eq!(uid, Some("0"), "this test must run as root");
+}
+
+/// Engines of these tests run below this directory (sockets, exec roots).
+pub const RUN_ROOT: &str = "/run/m8trx-e2e/engines";
+
+/// A running `hostd serve`, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `hostd serve` with everything under `dir`; waits for its socket.
+    pub fn start(dir: &Path) -> Daemon {
+        let socket = dir.join("hostd.sock");
+        // A killed daemon leaves its socket behind; wait for the new one's.
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("hostd.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--data-root")
+            .arg(dir.join("engines"))
+            .args(["--run-root", RUN_ROOT, "--supervise-interval", "1"])
+            .args(["--containerd", &env("M8TRX_CONTAINERD_SOCKET")])
+            .arg("--log-dir")
+            .arg(dir.join("logs"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        for _ in 0..300 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            socket.exists(),
+            "hostd serve did not open its socket; see {}",
+            dir.join("hostd.log").display()
+        );
+        Daemon {
+            child,
+            socket,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Runs `hostd ctl ARGS` against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hostd"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `hostd ctl ARGS`, asserting success; returns its output text.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(
+            o.status.success(),
+            "hostd ctl {args:?} failed: {}",
+            text(&o)
+        );
+        text(&o)
+    }
+
+    /// `hostd ctl --json status NAME`.
+    pub fn status(&self, name: &str) -> serde_json::Value {
+        let o = self.ctl(&["--json", "status", name]);
+        assert!(o.status.success(), "status {name}: {}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Destroys the tenants if the test fails half-way, so a failure leaves nothing behind.
+pub struct Cleanup {
+    pub dir: PathBuf,
+    pub names: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.dir.join("state").exists() {
+            let d = Daemon::start(&self.dir);
+            for n in &self.names {
+                let _ = d.ctl(&["destroy", n, "--wipe"]);
+            }
+        }
+    }
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A tenant spec file in `dir`.
+pub fn write_spec(dir: &Path, name: &str, memory: &str) -> PathBuf {
+    let spec = dir.join(format!("{name}.yml"));
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\nname: {name}\ntemplate: baseline\nsubdomains: [{name}.m8trx.test]\n\
+             limits: {{ cpu: 0.5, memory: {memory}, pids: 256, disk: 1Gi }}\n\
+             volume: {{ loop_image: /var/lib/m8trx-e2e/{name}.img }}\n\
+             role: {{ arn: \"arn:aws:iam::123456789012:role/m8trx-customer\", external_id: ext-1 }}\n"
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+/// The test busybox image saved as a tarball in `dir`, as an operator would bring it.
+pub fn busybox_tarball(dir: &Path) -> (String, PathBuf) {
+    let image = env("M8TRX_IMAGE_BUSYBOX");
+    let tar = dir.join("busybox.tar");
+    let o = Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&tar)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "docker save: {}", text(&o));
+    (image, tar)
+}
+
+/// The docker CLI against a tenant's engine.
+pub fn tenant_docker(name: &str, args: &[&str]) -> Output {
+    Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{RUN_ROOT}/{name}/docker.sock"))
+        .args(args)
+        .output()
+        .unwrap()
+}
