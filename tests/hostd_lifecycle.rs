@@ -31,6 +31,7 @@ fn host(state: &Path) -> Host {
         containerd: env("M8TRX_CONTAINERD_SOCKET").into(),
         dockerd: "dockerd".into(),
         etc: "/etc".into(),
+        profiles_dir: state.join("profiles"),
         services: HostServices::default(),
         firewall: Firewall::default(),
     })

@@ -229,7 +229,7 @@ async fn deploy(
                 .connect()
                 .await
                 .ok_or_else(|| format!("tenant {name}: engine does not answer"))?;
-            let hardening = d.host.hardening(&rec);
+            let hardening = d.host.hardening(&rec).map_err(|e| e.to_string())?;
             let project =
                 crate::compose::Project::new(&docker, rec.spec.name.compose_project(), hardening);
             let started = project

@@ -25,6 +25,8 @@ pub enum Step {
     IdRanges,
     /// Its cgroup with the aggregate limits.
     Cgroup,
+    /// Its seccomp and AppArmor profiles, compiled, installed (and loaded where AppArmor is on).
+    Profiles,
     /// Its firewall chains.
     Firewall,
     /// Its dockerd.
@@ -32,10 +34,11 @@ pub enum Step {
 }
 
 /// Every step, in creation order.
-pub const STEPS: [Step; 5] = [
+pub const STEPS: [Step; 6] = [
     Step::User,
     Step::IdRanges,
     Step::Cgroup,
+    Step::Profiles,
     Step::Firewall,
     Step::Engine,
 ];
@@ -112,6 +115,8 @@ pub struct HostConfig {
     pub dockerd: PathBuf,
     /// Where subordinate ids are recorded (`/etc`, a temporary dir never: dockerd reads /etc).
     pub etc: PathBuf,
+    /// Where tenant seccomp and AppArmor profiles are installed (`/etc/m8trx/profiles`).
+    pub profiles_dir: PathBuf,
     /// Host services tenants may reach.
     pub services: HostServices,
     /// Firewall target (host namespace in production).
@@ -178,16 +183,20 @@ impl Host {
         }
     }
 
-    /// What hostd forces onto every container of the tenant.
-    pub fn hardening(&self, r: &Record) -> crate::compose::Hardening {
+    /// What hostd forces onto every container of the tenant; fails when its profiles are
+    /// not installed (a create that has not finished).
+    pub fn hardening(&self, r: &Record) -> Result<crate::compose::Hardening, LifecycleError> {
         let memory = i64::try_from(r.spec.limits.memory.0).unwrap_or(i64::MAX);
-        crate::compose::Hardening {
-            // The tenant seccomp profile travels as JSON content (the API wants content,
-            // not a path). AppArmor joins once profiles are installed per tenant (issue #6).
-            security_opt: crate::profiles::SeccompProfile::tenant()
-                .and_then(|p| p.to_compact_json())
-                .map(|json| vec![format!("seccomp={json}"), "no-new-privileges:true".into()])
-                .unwrap_or_else(|_| vec!["no-new-privileges:true".into()]),
+        let profiles =
+            crate::profiles::installed(&r.spec.name, &self.cfg.profiles_dir).map_err(|e| {
+                LifecycleError::Step {
+                    tenant: r.spec.name.to_string(),
+                    step: Step::Profiles,
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(crate::compose::Hardening {
+            security_opt: profiles.security_opt(),
             default_memory: memory.min(512 << 20),
             max_memory: memory,
             pids_limit: i64::from(r.spec.limits.pids),
@@ -197,7 +206,7 @@ impl Host {
                 crate::compose::labels::TENANT.to_owned(),
                 r.spec.name.to_string(),
             )]),
-        }
+        })
     }
 
     fn net(r: &Record) -> TenantNet {
@@ -573,6 +582,13 @@ impl Host {
                     .apply(&limits)
                     .map_err(|e| e.to_string())
             }
+            Step::Profiles => crate::profiles::install(
+                &r.spec.name,
+                &self.cfg.profiles_dir,
+                crate::profiles::AppArmorLoad::Auto,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
             Step::Firewall => self
                 .cfg
                 .firewall
@@ -610,6 +626,8 @@ impl Host {
                     .remove()
                     .map_err(|e| e.to_string())
             }
+            Step::Profiles => crate::profiles::uninstall(&r.spec.name, &self.cfg.profiles_dir)
+                .map_err(|e| e.to_string()),
             Step::IdRanges => {
                 ids::remove_range(&self.cfg.etc.join("subuid"), &user)
                     .map_err(|e| e.to_string())?;

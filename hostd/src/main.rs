@@ -53,6 +53,9 @@ enum Command {
         /// The dockerd binary.
         #[arg(long, default_value = "dockerd")]
         dockerd: PathBuf,
+        /// Where tenant seccomp and AppArmor profiles are installed.
+        #[arg(long, default_value = "/etc/m8trx/profiles")]
+        profiles_dir: PathBuf,
         /// Credential broker address tenants may reach.
         #[arg(long, default_value = "169.254.170.23")]
         broker: std::net::Ipv4Addr,
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
             log_dir,
             containerd,
             dockerd,
+            profiles_dir,
             broker,
             broker_port,
             log_format,
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
                 log_dir,
                 containerd,
                 dockerd,
+                profiles_dir,
                 etc: "/etc".into(),
                 services: HostServices {
                     broker,

@@ -46,6 +46,10 @@ pub enum ProfileError {
         #[source]
         source: libseccomp::error::SeccompError,
     },
+    #[error(
+        "profile {0} is not installed; run `hostd ctl create` for the tenant again to install it"
+    )]
+    NotInstalled(PathBuf),
     #[error("writing {path}: {source}; check that the directory is writable by hostd")]
     Io {
         path: PathBuf,
@@ -567,6 +571,33 @@ pub fn install(
     } else {
         false
     };
+    Ok(TenantProfiles {
+        seccomp_path,
+        seccomp_json,
+        apparmor_path,
+        apparmor_profile,
+        apparmor_loaded,
+    })
+}
+
+/// The profiles [`install`] left for `name`, without re-installing: what a deploy references.
+pub fn installed(name: &CustomerName, dir: &Path) -> Result<TenantProfiles, ProfileError> {
+    let seccomp_path = dir.join("seccomp").join("m8trx-tenant.json");
+    let apparmor_profile = apparmor_profile_name(name);
+    let apparmor_path = dir.join("apparmor").join(&apparmor_profile);
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|_| ProfileError::NotInstalled(path.to_path_buf()))
+    };
+    read(&apparmor_path)?;
+    let seccomp_json = SeccompProfile::parse(&read(&seccomp_path)?)?.to_compact_json()?;
+    // Loaded means listed by the kernel; on a host without AppArmor nothing is.
+    let apparmor_loaded = apparmor_enabled()
+        && std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
+            .map(|list| {
+                list.lines()
+                    .any(|l| l.split(' ').next() == Some(apparmor_profile.as_str()))
+            })
+            .unwrap_or(false);
     Ok(TenantProfiles {
         seccomp_path,
         seccomp_json,

@@ -152,6 +152,18 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         ],
     ));
     assert!(before.parse::<u32>().unwrap() > 0, "app running: {before}");
+    // hostd's profiles hold on what it deployed: seccomp filter mode, no new privileges.
+    let status = std::fs::read_to_string(format!("/proc/{before}/status")).unwrap();
+    assert!(
+        status.contains("Seccomp:\t2"),
+        "seccomp filter on the app:\n{status}"
+    );
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let apparmor = dir.join(format!("profiles/apparmor/m8trx-tenant-{name}"));
+    assert!(
+        apparmor.exists(),
+        "AppArmor profile rendered for the tenant"
+    );
     let o = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .output()
@@ -255,6 +267,7 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         "engine exec root removed"
     );
     assert!(!d.dir.join("engines").join(&name).exists(), "data wiped");
+    assert!(!apparmor.exists(), "AppArmor profile removed");
     let bridges = hostd::engine::links_in_subnet(hostd::ids::subnet(slot));
     assert!(
         bridges.is_empty(),

@@ -55,6 +55,8 @@ impl Daemon {
             .args(["--containerd", &env("M8TRX_CONTAINERD_SOCKET")])
             .arg("--log-dir")
             .arg(dir.join("logs"))
+            .arg("--profiles-dir")
+            .arg(dir.join("profiles"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
