@@ -122,6 +122,12 @@ fn main() {
     let cfg = h.engine_config(&rec);
     let engine = Engine::adopt(cfg.clone()).expect("engine running after reconcile");
     assert!(rt.block_on(engine.connect()).is_some(), "engine answers");
+    assert!(
+        state
+            .join(format!("profiles/apparmor/m8trx-tenant-{}", name()))
+            .exists(),
+        "profiles installed"
+    );
 
     // A second reconcile (another restart) changes nothing: the same engine process.
     assert!(rt.block_on(h.reconcile(&mut quiet)).is_empty());
@@ -151,6 +157,10 @@ fn main() {
                 left.push(format!("iptables {table}: {rule}"));
             }
         }
+    }
+    let profile = state.join(format!("profiles/apparmor/m8trx-tenant-{}", name()));
+    if profile.exists() {
+        left.push(format!("AppArmor profile {}", profile.display()));
     }
     assert!(left.is_empty(), "destroy left: {left:?}");
     std::fs::remove_dir_all(&state).unwrap();
