@@ -1,7 +1,8 @@
 //! A compose project deployed into a real tenant engine the way hostd does it: the file
 //! passes the policy, networks and named volumes come first, `probe` starts only once
 //! `web` is healthy, compose labels let compose tooling list the project, and hostd's
-//! hardening holds inside the containers whatever the file asked for.
+//! hardening holds inside the containers whatever the file asked for. The probe script is
+//! written with `$$` escapes, as compose requires, and hostd interpolates them as compose does.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
 use std::collections::HashMap;
@@ -22,8 +23,8 @@ grep -E '^NoNewPrivs:' /proc/self/status
 if touch /probe 2>/dev/null; then echo 'RootWrite: allowed'; else echo 'RootWrite: denied'; fi
 cp /bin/busybox /tmp/bb 2>/dev/null; if /tmp/bb true 2>/dev/null; then echo 'TmpExec: allowed'; else echo 'TmpExec: denied'; fi
 if echo kept > /data/x; then echo 'VolumeWrite: allowed'; else echo 'VolumeWrite: denied'; fi
-echo "Web: $(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 web 8080 | tail -n 1)"
-echo "Broker: $AWS_CONTAINER_CREDENTIALS_FULL_URI"
+echo "Web: $$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 web 8080 | tail -n 1)"
+echo "Broker: $$AWS_CONTAINER_CREDENTIALS_FULL_URI"
 "#;
 
 #[tokio::test]
@@ -148,6 +149,33 @@ volumes:
         .collect();
     services.sort();
     assert_eq!(services, ["probe", "web"]);
+
+    // And the real compose tool (Debian's docker-compose) lists the project from the labels.
+    let file = std::env::temp_dir().join(format!("{project_name}.yml"));
+    std::fs::write(&file, &compose).unwrap();
+    let ps = std::process::Command::new("docker-compose")
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", tenant.cfg.socket().display()),
+        )
+        .args(["-p", &project_name, "-f"])
+        .arg(&file)
+        .args(["ps", "-a"])
+        .output()
+        .expect("docker-compose runs (scripts/test-env installs it)");
+    let table = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        ps.status.success(),
+        "docker-compose ps: {table}{}",
+        String::from_utf8_lossy(&ps.stderr)
+    );
+    for svc in ["web", "probe"] {
+        assert!(
+            table.contains(&format!("{project_name}-{svc}-1")),
+            "docker-compose ps lists {svc}:\n{table}"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
 
     // A second deploy changes nothing that is running and unchanged.
     let mut again = Vec::new();

@@ -7,6 +7,7 @@ pub mod compose;
 pub mod ctl;
 pub mod engine;
 pub mod ids;
+pub mod interpolate;
 pub mod lifecycle;
 pub mod network;
 pub mod policy;

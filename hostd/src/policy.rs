@@ -117,10 +117,23 @@ fn list(v: &[Violation]) -> String {
         .join("\n")
 }
 
-/// Checks a compose file as users write it; returns the parsed document when it is allowed.
+/// Checks a compose file as users write it; returns the parsed document, interpolated
+/// (see [`crate::interpolate`]), when it is allowed. The policy sees interpolated values,
+/// so `privileged: ${X:-true}` is judged as `true`.
 pub fn check_compose(text: &str) -> Result<Mapping, PolicyError> {
-    let doc: Value =
+    let mut doc: Value =
         serde_norway::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+    crate::interpolate::interpolate(&mut doc, &std::collections::HashMap::new()).map_err(|e| {
+        let (service, key) = match e.path.as_slice() {
+            [top, svc, rest @ ..] if top == "services" => (Some(svc.clone()), dotted(rest)),
+            other => (None, dotted(other)),
+        };
+        PolicyError::Refused(vec![Violation {
+            service,
+            key,
+            rule: e.message,
+        }])
+    })?;
     let Value::Mapping(root) = doc else {
         return Err(PolicyError::Syntax("the document is not a mapping".into()));
     };
@@ -131,6 +144,18 @@ pub fn check_compose(text: &str) -> Result<Mapping, PolicyError> {
     } else {
         Err(PolicyError::Refused(c.violations))
     }
+}
+
+/// `["volumes", "[0]", "source"]` as `volumes[0].source`.
+fn dotted(path: &[String]) -> String {
+    let mut out = String::new();
+    for p in path {
+        if !out.is_empty() && !p.starts_with('[') {
+            out.push('.');
+        }
+        out.push_str(p);
+    }
+    out
 }
 
 #[derive(Default)]
