@@ -33,6 +33,9 @@ fn host(state: &Path) -> Host {
         etc: "/etc".into(),
         profiles_dir: state.join("profiles"),
         services: HostServices::default(),
+        broker_admin: None,
+        token_dir: state.join("tokens"),
+        token_ttl: std::time::Duration::from_secs(3600),
         firewall: Firewall::default(),
     })
     .unwrap()

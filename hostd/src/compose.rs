@@ -408,8 +408,11 @@ impl Plan {
             .get("image")
             .and_then(scalar)
             .ok_or_else(|| invalid(service, "no image"))?;
+        // hostd's variables (the broker's) replace any the file sets under the same name.
+        let forced: Vec<&str> = h.env.iter().filter_map(|e| e.split('=').next()).collect();
         let mut env: Vec<String> = kv(svc.get("environment"))
             .into_iter()
+            .filter(|(k, _)| !forced.contains(&k.as_str()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.extend(h.env.iter().cloned());

@@ -15,6 +15,11 @@ use crate::network::{Firewall, HostServices, TenantNet};
 use crate::spec::TenantSpec;
 use crate::state::Store;
 
+/// Where containers see the tenant's broker token directory.
+pub const TOKEN_MOUNT: &str = "/run/m8trx/aws";
+/// How long a rotated-out token keeps working, for requests that read the old file.
+const TOKEN_OVERLAP: Duration = Duration::from_secs(300);
+
 /// The provisioning steps, in creation order; destroy undoes them in reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,17 +34,20 @@ pub enum Step {
     Profiles,
     /// Its firewall chains.
     Firewall,
+    /// Its registration with the credential broker and its token file.
+    Broker,
     /// Its dockerd.
     Engine,
 }
 
 /// Every step, in creation order.
-pub const STEPS: [Step; 6] = [
+pub const STEPS: [Step; 7] = [
     Step::User,
     Step::IdRanges,
     Step::Cgroup,
     Step::Profiles,
     Step::Firewall,
+    Step::Broker,
     Step::Engine,
 ];
 
@@ -119,6 +127,13 @@ pub struct HostConfig {
     pub profiles_dir: PathBuf,
     /// Host services tenants may reach.
     pub services: HostServices,
+    /// The credential broker's admin socket; `None` on a host without a broker (containers
+    /// then get no AWS credentials variables).
+    pub broker_admin: Option<PathBuf>,
+    /// Where tenants' broker token files live (`<dir>/<name>/token`), bind-mounted read-only.
+    pub token_dir: PathBuf,
+    /// Lifetime of a minted token; hostd rotates at half of it.
+    pub token_ttl: Duration,
     /// Firewall target (host namespace in production).
     pub firewall: Firewall,
 }
@@ -195,18 +210,101 @@ impl Host {
                     message: e.to_string(),
                 }
             })?;
+        let (env, binds) = match &self.cfg.broker_admin {
+            Some(_) => {
+                let s = &self.cfg.services;
+                (
+                    vec![
+                        format!(
+                            "AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{}:{}/v1/credentials",
+                            s.broker, s.broker_port
+                        ),
+                        format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={TOKEN_MOUNT}/token"),
+                    ],
+                    // The directory, not the file: the token is replaced by rename, and a file
+                    // bind mount would keep showing the old inode.
+                    vec![(
+                        self.token_path(r)
+                            .parent()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        TOKEN_MOUNT.to_owned(),
+                    )],
+                )
+            }
+            None => (vec![], vec![]),
+        };
         Ok(crate::compose::Hardening {
             security_opt: profiles.security_opt(),
             default_memory: memory.min(512 << 20),
             max_memory: memory,
             pids_limit: i64::from(r.spec.limits.pids),
-            env: vec![],
-            binds: vec![],
+            env,
+            binds,
             labels: std::collections::HashMap::from([(
                 crate::compose::labels::TENANT.to_owned(),
                 r.spec.name.to_string(),
             )]),
         })
+    }
+
+    /// The tenant's broker token file on the host.
+    pub fn token_path(&self, r: &Record) -> PathBuf {
+        self.cfg.token_dir.join(r.spec.name.as_str()).join("token")
+    }
+
+    /// Registers the tenant with the broker and makes sure its token file holds a token the
+    /// broker accepts: minted when missing, when the broker lost it (a broker restart keeps no
+    /// tokens) or when half its lifetime has passed; the old one stays valid for a grace
+    /// period so a request in flight never sees a 401.
+    async fn ensure_broker(&self, r: &Record) -> Result<Option<String>, String> {
+        let Some(sock) = &self.cfg.broker_admin else {
+            return Ok(None);
+        };
+        let client = cred_broker::AdminClient::new(sock);
+        let (net, prefix) = ids::subnet(r.slot);
+        let spec = cred_broker::TenantSpec {
+            name: r.spec.name.clone(),
+            role_arn: r.spec.role.arn.clone(),
+            external_id: r.spec.role.external_id.clone(),
+            allowed_cidr: ipnet::Ipv4Net::new(net, prefix)
+                .map_err(|e| e.to_string())?
+                .into(),
+        };
+        client.register(&spec).await.map_err(|e| e.to_string())?;
+        let path = self.token_path(r);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let half = self.cfg.token_ttl.as_secs() / 2;
+        let known = client.list().await.map_err(|e| e.to_string())?;
+        let fresh_at_broker = known
+            .iter()
+            .filter(|t| t.spec.name == r.spec.name)
+            .flat_map(|t| &t.tokens)
+            .any(|t| !t.expired && t.created_at + half > now);
+        if fresh_at_broker && path.exists() {
+            return Ok(None);
+        }
+        let minted = client
+            .mint(
+                r.spec.name.as_str(),
+                self.cfg.token_ttl,
+                Some(TOKEN_OVERLAP),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let dir = path.parent().unwrap_or(&self.cfg.token_dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let id = u32::try_from(ids::range_base(r.slot)).map_err(|e| e.to_string())?;
+        cred_broker::write_token_file(
+            &path,
+            &cred_broker::Token::from_secret(minted.token),
+            Some(cred_broker::FileOwner { uid: id, gid: id }),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Some(minted.id))
     }
 
     fn net(r: &Record) -> TenantNet {
@@ -377,7 +475,8 @@ impl Host {
     }
 
     /// Restarts the engines of running tenants whose dockerd died (containers survive it:
-    /// live-restore); what the daemon runs periodically. Returns the tenants restarted.
+    /// live-restore) and keeps broker registrations and tokens fresh (a restarted broker
+    /// knows nobody); what the daemon runs periodically. Returns the tenants restarted.
     pub async fn supervise(
         &self,
         progress: &mut (dyn FnMut(String) + Send),
@@ -391,11 +490,22 @@ impl Host {
             Err(e) => return (restarted, vec![e]),
         };
         for r in records {
+            let name = r.spec.name.to_string();
+            if r.desired != Desired::Absent && r.done.contains(&Step::Broker) {
+                match self.ensure_broker(&r).await {
+                    Ok(Some(id)) => progress(format!("{name}: broker token {id} minted")),
+                    Ok(None) => {}
+                    Err(message) => errors.push(LifecycleError::Step {
+                        tenant: name.clone(),
+                        step: Step::Broker,
+                        message,
+                    }),
+                }
+            }
             let running = r.desired == Desired::Present && r.done.contains(&Step::Engine);
             if !running || Engine::adopt(self.engine_config(&r)).is_some() {
                 continue;
             }
-            let name = r.spec.name.to_string();
             progress(format!("{name}: engine is not running; restarting it"));
             match self.up(&r, Step::Engine).await {
                 Ok(()) => restarted.push(name),
@@ -594,6 +704,7 @@ impl Host {
                 .firewall
                 .apply(&Self::net(r), &self.cfg.services, r.quarantined)
                 .map_err(|e| e.to_string()),
+            Step::Broker => self.ensure_broker(r).await.map(|_| ()),
             Step::Engine => {
                 let mut e = Engine::start(self.engine_config(r)).map_err(|e| e.to_string())?;
                 let ready = e
@@ -628,6 +739,24 @@ impl Host {
             }
             Step::Profiles => crate::profiles::uninstall(&r.spec.name, &self.cfg.profiles_dir)
                 .map_err(|e| e.to_string()),
+            Step::Broker => {
+                if let Some(sock) = &self.cfg.broker_admin {
+                    match cred_broker::AdminClient::new(sock)
+                        .deregister(r.spec.name.as_str())
+                        .await
+                    {
+                        Ok(()) | Err(cred_broker::AdminError::Api { status: 404, .. }) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                let dir = self.cfg.token_dir.join(r.spec.name.as_str());
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(format!("removing {}: {e}", dir.display()))
+                    }
+                    _ => Ok(()),
+                }
+            }
             Step::IdRanges => {
                 ids::remove_range(&self.cfg.etc.join("subuid"), &user)
                     .map_err(|e| e.to_string())?;

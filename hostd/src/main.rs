@@ -62,6 +62,16 @@ enum Command {
         /// Credential broker port.
         #[arg(long, default_value_t = 80)]
         broker_port: u16,
+        /// The credential broker's admin socket. Without it tenants are not registered with a
+        /// broker and containers get no AWS credentials variables.
+        #[arg(long)]
+        broker_admin: Option<PathBuf>,
+        /// Where tenants' broker token files live, bind-mounted read-only into their containers.
+        #[arg(long, default_value = "/run/m8trx/tokens")]
+        token_dir: PathBuf,
+        /// Lifetime of a broker token in seconds (at least 120); hostd rotates at half of it.
+        #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(120..))]
+        token_ttl_secs: u64,
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -181,6 +191,9 @@ fn main() -> ExitCode {
             profiles_dir,
             broker,
             broker_port,
+            broker_admin,
+            token_dir,
+            token_ttl_secs,
             log_format,
             supervise_interval,
         } => {
@@ -205,6 +218,9 @@ fn main() -> ExitCode {
                     broker,
                     broker_port,
                 },
+                broker_admin,
+                token_dir,
+                token_ttl: std::time::Duration::from_secs(token_ttl_secs),
                 firewall: Firewall::default(),
             };
             let every = std::time::Duration::from_secs(supervise_interval.max(1));

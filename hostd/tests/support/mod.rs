@@ -36,6 +36,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `hostd serve` with everything under `dir`; waits for its socket.
     pub fn start(dir: &Path) -> Daemon {
+        Self::start_with(dir, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `serve` flags.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let socket = dir.join("hostd.sock");
         // A killed daemon leaves its socket behind; wait for the new one's.
         let _ = std::fs::remove_file(&socket);
@@ -57,6 +62,7 @@ impl Daemon {
             .arg(dir.join("logs"))
             .arg("--profiles-dir")
             .arg(dir.join("profiles"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
