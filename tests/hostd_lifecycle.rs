@@ -25,7 +25,7 @@ fn name() -> String {
 fn host(state: &Path) -> Host {
     Host::open(HostConfig {
         state_dir: state.to_path_buf(),
-        data_root: "/var/lib/m8trx-e2e/lifecycle".into(),
+        tenants_root: "/var/lib/m8trx-e2e/lifecycle".into(),
         run_root: "/run/m8trx-e2e/engines".into(),
         log_dir: PathBuf::from(env("M8TRX_TEST_HOME")).join("log"),
         containerd: env("M8TRX_CONTAINERD_SOCKET").into(),
@@ -49,7 +49,7 @@ name: {}
 template: baseline
 subdomains: [lc.m8trx.test]
 limits: {{ cpu: 0.5, memory: 256Mi, pids: 256, disk: 1Gi }}
-volume: {{ loop_image: /var/lib/m8trx-e2e/lc.img }}
+volume: {{ loop_image: /var/lib/m8trx-e2e/{0}.img }}
 role: {{ arn: "arn:aws:iam::123456789012:role/m8trx-customer-lc", external_id: ext-lc }}
 "#,
         name()
@@ -160,6 +160,22 @@ fn main() {
                 left.push(format!("iptables {table}: {rule}"));
             }
         }
+    }
+    let mp = format!("/var/lib/m8trx-e2e/lifecycle/{}", name());
+    if std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(mp.as_str()))
+    {
+        left.push(format!("mount {mp}"));
+    }
+    let image = format!("/var/lib/m8trx-e2e/{}.img", name());
+    if std::path::Path::new(&image).exists() {
+        left.push("volume image (destroy --wipe deletes it)".into());
+    }
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    if String::from_utf8_lossy(&loops.stdout).contains(&image) {
+        left.push("loop device".into());
     }
     let profile = state.join(format!("profiles/apparmor/m8trx-tenant-{}", name()));
     if profile.exists() {

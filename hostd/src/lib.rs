@@ -14,3 +14,4 @@ pub mod policy;
 pub mod profiles;
 pub mod spec;
 pub mod state;
+pub mod volume;

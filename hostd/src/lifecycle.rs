@@ -12,7 +12,7 @@ use crate::cgroup::{CgroupFs, Limits};
 use crate::engine::{self, Engine, EngineConfig};
 use crate::ids;
 use crate::network::{Firewall, HostServices, TenantNet};
-use crate::spec::TenantSpec;
+use crate::spec::{TenantSpec, VolumeSource};
 use crate::state::Store;
 
 /// Where containers see the tenant's broker token directory.
@@ -30,6 +30,8 @@ pub enum Step {
     IdRanges,
     /// Its cgroup with the aggregate limits.
     Cgroup,
+    /// Its volume, found or made, formatted only when empty, mounted.
+    Volume,
     /// Its seccomp and AppArmor profiles, compiled, installed (and loaded where AppArmor is on).
     Profiles,
     /// Its firewall chains.
@@ -41,10 +43,11 @@ pub enum Step {
 }
 
 /// Every step, in creation order.
-pub const STEPS: [Step; 7] = [
+pub const STEPS: [Step; 8] = [
     Step::User,
     Step::IdRanges,
     Step::Cgroup,
+    Step::Volume,
     Step::Profiles,
     Step::Firewall,
     Step::Broker,
@@ -111,8 +114,8 @@ pub enum LifecycleError {
 pub struct HostConfig {
     /// State directory (records live in `<state>/tenants`).
     pub state_dir: PathBuf,
-    /// Where engines keep data until the tenant volume is mounted (`<data_root>/<name>`).
-    pub data_root: PathBuf,
+    /// Where tenant volumes are mounted (`<tenants_root>/<name>`, `/srv/m8trx/tenants`).
+    pub tenants_root: PathBuf,
     /// Run directory for engines (`/run/m8trx/engines`).
     pub run_root: PathBuf,
     /// Engine logs (`<log_dir>/<name>.log`).
@@ -186,7 +189,7 @@ impl Host {
     pub fn engine_config(&self, r: &Record) -> EngineConfig {
         let name = r.spec.name.clone();
         EngineConfig {
-            data_root: self.cfg.data_root.join(name.as_str()),
+            data_root: self.mountpoint(r).join("engine"),
             run_root: self.cfg.run_root.clone(),
             containerd: self.cfg.containerd.clone(),
             cgroup_parent: format!("/{}/{}", crate::cgroup::PARENT, name),
@@ -246,6 +249,63 @@ impl Host {
                 r.spec.name.to_string(),
             )]),
         })
+    }
+
+    /// Where the tenant's volume is mounted.
+    pub fn mountpoint(&self, r: &Record) -> PathBuf {
+        self.cfg.tenants_root.join(r.spec.name.as_str())
+    }
+
+    /// Finds (or, in dev, makes) the tenant's block device, formats it only when empty, and
+    /// mounts it `nodev,nosuid`, its root owned by the tenant's remapped root with mode 0700.
+    fn mount_volume(&self, r: &Record) -> Result<(), crate::volume::VolumeError> {
+        use crate::volume;
+        let device = match &r.spec.volume {
+            VolumeSource::Ebs(id) => volume::ebs_device(
+                std::path::Path::new("/dev/disk/by-id"),
+                std::path::Path::new("/sys/block"),
+                id,
+            )
+            .ok_or_else(|| volume::VolumeError::NotAttached(id.clone()))?,
+            VolumeSource::LoopImage(image) => {
+                volume::loop_device(std::path::Path::new(image), r.spec.limits.disk.0)?
+            }
+        };
+        let id = u32::try_from(ids::range_base(r.slot)).unwrap_or(u32::MAX);
+        volume::ensure_ext4(&device, (id, id))?;
+        let mp = self.mountpoint(r);
+        volume::mount(&device, &mp)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&mp, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+            volume::VolumeError::Io {
+                action: "chmod",
+                path: mp.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Unmounts the volume; a loop image is detached too, and deleted with `--wipe`.
+    fn release_volume(&self, r: &Record) -> Result<(), crate::volume::VolumeError> {
+        use crate::volume;
+        volume::unmount(&self.mountpoint(r))?;
+        if let VolumeSource::LoopImage(image) = &r.spec.volume {
+            let image = std::path::Path::new(image);
+            volume::detach_loops(image)?;
+            if r.wipe {
+                match std::fs::remove_file(image) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(volume::VolumeError::Io {
+                            action: "remove",
+                            path: image.to_path_buf(),
+                            source: e,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The tenant's broker token file on the host.
@@ -692,6 +752,7 @@ impl Host {
                     .apply(&limits)
                     .map_err(|e| e.to_string())
             }
+            Step::Volume => self.mount_volume(r).map_err(|e| e.to_string()),
             Step::Profiles => crate::profiles::install(
                 &r.spec.name,
                 &self.cfg.profiles_dir,
@@ -737,6 +798,7 @@ impl Host {
                     .remove()
                     .map_err(|e| e.to_string())
             }
+            Step::Volume => self.release_volume(r).map_err(|e| e.to_string()),
             Step::Profiles => crate::profiles::uninstall(&r.spec.name, &self.cfg.profiles_dir)
                 .map_err(|e| e.to_string()),
             Step::Broker => {

@@ -38,9 +38,9 @@ enum Command {
         /// Where tenant records live.
         #[arg(long, default_value = "/var/lib/m8trx/hostd")]
         state_dir: PathBuf,
-        /// Engine data until the tenant volume is mounted (issue #6): `<dir>/<name>`.
-        #[arg(long, default_value = "/var/lib/m8trx/engines")]
-        data_root: PathBuf,
+        /// Where tenant volumes are mounted (`<dir>/<name>`); engines keep their data there.
+        #[arg(long, default_value = "/srv/m8trx/tenants")]
+        tenants_root: PathBuf,
         /// Exec roots, sockets and pidfiles of tenant engines.
         #[arg(long, default_value = "/run/m8trx/engines")]
         run_root: PathBuf,
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
         Command::Serve {
             socket,
             state_dir,
-            data_root,
+            tenants_root,
             run_root,
             log_dir,
             containerd,
@@ -207,7 +207,7 @@ fn main() -> ExitCode {
             }
             let cfg = HostConfig {
                 state_dir,
-                data_root,
+                tenants_root,
                 run_root,
                 log_dir,
                 containerd,

@@ -83,6 +83,19 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
     let pid = status["engine_pid"].as_u64().expect("engine running");
     let slot = u16::try_from(status["slot"].as_u64().expect("slot")).unwrap();
     assert_eq!(status["desired"], "present");
+    // The tenant volume: a loop device over the spec's image, mounted nodev,nosuid, and the
+    // engine's data root on it.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mp = dir.join("tenants").join(&name);
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} is not mounted", mp.display()));
+    assert!(
+        line.contains("nodev") && line.contains("nosuid") && line.contains(" ext4 /dev/loop"),
+        "{line}"
+    );
+    assert!(mp.join("engine").is_dir(), "engine data root on the volume");
 
     // The image arrives as a tarball (no registry here), then the project deploys.
     let (image, tar) = busybox_tarball(&dir);
@@ -266,7 +279,18 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         !Path::new(&format!("/run/m8trx-e2e/engines/{name}")).exists(),
         "engine exec root removed"
     );
-    assert!(!d.dir.join("engines").join(&name).exists(), "data wiped");
+    let image = dir.join(format!("{name}.img"));
+    assert!(!image.exists(), "volume image wiped");
+    assert!(
+        !d.dir.join("tenants").join(&name).exists(),
+        "mount point removed"
+    );
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!("/tenants/{name} ")),
+        "volume unmounted"
+    );
     assert!(!apparmor.exists(), "AppArmor profile removed");
     let bridges = hostd::engine::links_in_subnet(hostd::ids::subnet(slot));
     assert!(

@@ -54,8 +54,8 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .arg("--data-root")
-            .arg(dir.join("engines"))
+            .arg("--tenants-root")
+            .arg(dir.join("tenants"))
             .args(["--run-root", RUN_ROOT, "--supervise-interval", "1"])
             .args(["--containerd", &env("M8TRX_CONTAINERD_SOCKET")])
             .arg("--log-dir")
@@ -156,8 +156,9 @@ pub fn write_spec(dir: &Path, name: &str, memory: &str) -> PathBuf {
         format!(
             "version: 1\nname: {name}\ntemplate: baseline\nsubdomains: [{name}.m8trx.test]\n\
              limits: {{ cpu: 0.5, memory: {memory}, pids: 256, disk: 1Gi }}\n\
-             volume: {{ loop_image: /var/lib/m8trx-e2e/{name}.img }}\n\
-             role: {{ arn: \"arn:aws:iam::123456789012:role/m8trx-customer\", external_id: ext-1 }}\n"
+             volume: {{ loop_image: {img} }}\n\
+             role: {{ arn: \"arn:aws:iam::123456789012:role/m8trx-customer\", external_id: ext-1 }}\n",
+            img = dir.join(format!("{name}.img")).display()
         ),
     )
     .unwrap();
