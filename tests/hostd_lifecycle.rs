@@ -34,6 +34,7 @@ fn host(state: &Path) -> Host {
         profiles_dir: state.join("profiles"),
         services: HostServices::default(),
         broker_admin: None,
+        proxy_admin: None,
         token_dir: state.join("tokens"),
         token_ttl: std::time::Duration::from_secs(3600),
         firewall: Firewall::default(),

@@ -236,6 +236,7 @@ async fn deploy(
                 .deploy(&doc, progress)
                 .await
                 .map_err(|e| e.to_string())?;
+            d.host.sync_routes(&rec, progress).await?;
             Ok(json!({ "project": rec.spec.name.compose_project(), "containers": started }))
         })
     })

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod policy;
 pub mod profiles;
+pub mod proxy_routes;
 pub mod spec;
 pub mod state;
 pub mod volume;

@@ -133,6 +133,8 @@ pub struct HostConfig {
     /// The credential broker's admin socket; `None` on a host without a broker (containers
     /// then get no AWS credentials variables).
     pub broker_admin: Option<PathBuf>,
+    /// sni-proxy's admin socket; `None` on a host without the proxy (no routes are managed).
+    pub proxy_admin: Option<PathBuf>,
     /// Where tenants' broker token files live (`<dir>/<name>/token`), bind-mounted read-only.
     pub token_dir: PathBuf,
     /// Lifetime of a minted token; hostd rotates at half of it.
@@ -248,6 +250,84 @@ impl Host {
                 crate::compose::labels::TENANT.to_owned(),
                 r.spec.name.to_string(),
             )]),
+        })
+    }
+
+    /// Points the tenant's subdomains at its ingress container while it should serve
+    /// (present, not quarantined, ingress running) and removes them otherwise. A destroyed
+    /// tenant's routes must go before its slot can be reused: the next tenant in the slot may
+    /// get the same container address.
+    pub async fn sync_routes(
+        &self,
+        r: &Record,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), String> {
+        use crate::proxy_routes::{ProxyAdmin, TenantRoute};
+        let Some(sock) = &self.cfg.proxy_admin else {
+            return Ok(());
+        };
+        let admin = ProxyAdmin::new(sock);
+        let serve = r.desired == Desired::Present && !r.quarantined;
+        let ip = if serve {
+            self.ingress_ip(r).await
+        } else {
+            None
+        };
+        let ingress = r.spec.ingress();
+        for sni in &r.spec.subdomains {
+            match &ip {
+                Some(ip) => {
+                    let route = TenantRoute {
+                        sni: sni.clone(),
+                        backend: format!("{ip}:{}", ingress.port),
+                        http_backend: ingress.http_port.map(|p| format!("{ip}:{p}")),
+                        terminate: r.spec.tls_mode() == crate::spec::TlsMode::Terminate,
+                    };
+                    admin.set(&route).await.map_err(|e| e.to_string())?;
+                    progress(format!("{}: route {sni} -> {}", r.spec.name, route.backend));
+                }
+                None => {
+                    admin.remove(sni).await.map_err(|e| e.to_string())?;
+                    progress(format!("{}: route {sni} removed", r.spec.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The address of the running ingress container, if there is one.
+    async fn ingress_ip(&self, r: &Record) -> Option<String> {
+        use bollard::query_parameters::ListContainersOptionsBuilder;
+        let engine = Engine::adopt(self.engine_config(r))?;
+        let d = engine.connect().await?;
+        let filter = std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!(
+                    "{}={}",
+                    crate::compose::labels::PROJECT,
+                    r.spec.name.compose_project()
+                ),
+                format!(
+                    "{}={}",
+                    crate::compose::labels::SERVICE,
+                    r.spec.ingress().service
+                ),
+            ],
+        )]);
+        let list = d
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .ok()?;
+        list.into_iter().find_map(|c| {
+            c.network_settings?
+                .networks?
+                .into_values()
+                .find_map(|n| n.ip_address.filter(|ip| !ip.is_empty()))
         })
     }
 
@@ -463,6 +543,9 @@ impl Host {
             rec.stopped_containers.clear();
             self.store.put(&name, rec)?;
         }
+        self.sync_routes(rec, progress)
+            .await
+            .map_err(failed(Step::Engine))?;
         progress(format!(
             "{name}: {}",
             if rec.desired == Desired::Stopped {
@@ -525,6 +608,13 @@ impl Host {
             }
         ));
         self.up(&rec, Step::Firewall)
+            .await
+            .map_err(|message| LifecycleError::Step {
+                tenant: name.into(),
+                step: Step::Firewall,
+                message,
+            })?;
+        self.sync_routes(&rec, progress)
             .await
             .map_err(|message| LifecycleError::Step {
                 tenant: name.into(),
@@ -682,6 +772,13 @@ impl Host {
             rec.wipe |= wipe;
             self.store.put(name, &rec)?;
         }
+        self.sync_routes(&rec, progress)
+            .await
+            .map_err(|message| LifecycleError::Step {
+                tenant: name.into(),
+                step: Step::Engine,
+                message,
+            })?;
         for step in STEPS.iter().rev() {
             progress(format!("{name}: undo {step:?}"));
             // Undo every step, recorded or not: a crash between a step's effect and its

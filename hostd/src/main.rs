@@ -66,6 +66,9 @@ enum Command {
         /// broker and containers get no AWS credentials variables.
         #[arg(long)]
         broker_admin: Option<PathBuf>,
+        /// sni-proxy's admin socket. Without it hostd manages no public routes.
+        #[arg(long)]
+        proxy_admin: Option<PathBuf>,
         /// Where tenants' broker token files live, bind-mounted read-only into their containers.
         #[arg(long, default_value = "/run/m8trx/tokens")]
         token_dir: PathBuf,
@@ -192,6 +195,7 @@ fn main() -> ExitCode {
             broker,
             broker_port,
             broker_admin,
+            proxy_admin,
             token_dir,
             token_ttl_secs,
             log_format,
@@ -219,6 +223,7 @@ fn main() -> ExitCode {
                     broker_port,
                 },
                 broker_admin,
+                proxy_admin,
                 token_dir,
                 token_ttl: std::time::Duration::from_secs(token_ttl_secs),
                 firewall: Firewall::default(),

@@ -101,6 +101,22 @@ pub struct TenantSpec {
     pub volume: VolumeSource,
     /// The customer role.
     pub role: Role,
+    /// Which service receives the public traffic; defaults by TLS mode (see [`TenantSpec::ingress`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Ingress>,
+}
+
+/// The compose service sni-proxy sends a tenant's public traffic to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingress {
+    /// Compose service name.
+    pub service: String,
+    /// Its TLS port (passthrough) or plain HTTP port (terminate).
+    pub port: u16,
+    /// Its plain HTTP port for ACME HTTP-01 challenges (passthrough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
 }
 
 impl TenantSpec {
@@ -124,6 +140,25 @@ impl TenantSpec {
         })
     }
 
+    /// The ingress after the defaults: the agent template's Caddy (`caddy`, 443, HTTP-01 on
+    /// 80) in passthrough mode, the baseline template's plain `web` on 8080 in terminate mode.
+    pub fn ingress(&self) -> Ingress {
+        self.ingress
+            .clone()
+            .unwrap_or_else(|| match self.tls_mode() {
+                TlsMode::Passthrough => Ingress {
+                    service: "caddy".into(),
+                    port: 443,
+                    http_port: Some(80),
+                },
+                TlsMode::Terminate => Ingress {
+                    service: "web".into(),
+                    port: 8080,
+                    http_port: None,
+                },
+            })
+    }
+
     /// Checks every rule that serde's types cannot express.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.version != SPEC_VERSION {
@@ -137,6 +172,14 @@ impl TenantSpec {
         }
         if self.subdomains.is_empty() {
             return Err(err("subdomains", "at least one subdomain is required"));
+        }
+        if let Some(i) = &self.ingress {
+            if i.service.is_empty() || i.port == 0 || i.http_port == Some(0) {
+                return Err(err(
+                    "ingress",
+                    "needs a service name and non-zero ports".to_owned(),
+                ));
+            }
         }
         for (i, s) in self.subdomains.iter().enumerate() {
             validate_hostname(s).map_err(|m| err(&format!("subdomains[{i}]"), m))?;

@@ -1,0 +1,223 @@
+//! hostd drives the real sni-proxy: after a deploy the tenant's subdomain routes through
+//! the proxy to the tenant's own Caddy in its engine (passthrough: Caddy's own certificate
+//! reaches the client, and the PROXY v2 header lets Caddy see the real client address);
+//! stop, quarantine and destroy take the route away, start and lifting the quarantine put
+//! it back.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{env, require_root, text, Cleanup, Daemon};
+
+/// The sni-proxy binary `cargo test --workspace` builds beside this test.
+fn proxy_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("sni-proxy");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make test` or `cargo build -p sni-proxy` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A running sni-proxy on loopback, killed on drop.
+struct Proxy {
+    child: Child,
+    tls: String,
+    admin: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proxy {
+    fn start(dir: &Path) -> Proxy {
+        let routes = dir.join("routes.toml");
+        std::fs::write(&routes, "[limits]\n").unwrap();
+        let admin = dir.join("proxy.sock");
+        let mut child = Command::new(proxy_binary())
+            .arg("--routes")
+            .arg(&routes)
+            .args([
+                "--listen-tls",
+                "127.0.0.1:0",
+                "--listen-http",
+                "127.0.0.1:0",
+            ])
+            .arg("--admin-socket")
+            .arg(&admin)
+            .args(["--watch-interval-ms", "0"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("proxy.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let tls = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("tls="))
+            .unwrap_or_else(|| panic!("no ready line: {line:?}"))
+            .to_owned();
+        Proxy { child, tls, admin }
+    }
+
+    /// The route names the proxy has now.
+    fn route_names(&self) -> Vec<String> {
+        let routes = std::fs::read_to_string(self.admin.with_file_name("routes.toml")).unwrap();
+        routes
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("sni = "))
+            .map(|s| s.trim_matches('"').to_owned())
+            .collect()
+    }
+}
+
+/// `curl -kv https://<host>/` through the proxy; (body, verbose output) when it answered.
+fn fetch(proxy: &Proxy, host: &str) -> Option<(String, String)> {
+    let port = proxy.tls.rsplit(':').next().unwrap();
+    let o = Command::new("curl")
+        .args(["-sS", "-kv", "--max-time", "5", "--resolve"])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .unwrap();
+    o.status.success().then(|| {
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    })
+}
+
+fn wait_fetch(proxy: &Proxy, host: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = fetch(proxy, host) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never answered through the proxy"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn deployed_tenant_is_reachable_through_the_proxy_only_while_it_should_be() {
+    require_root();
+    let id = std::process::id();
+    let name = format!("prx-{id}");
+    let host = format!("{name}.m8trx.test");
+    let dir = std::env::temp_dir().join(format!("m8trx-hostd-proxy-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let proxy = Proxy::start(&dir);
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        names: vec![name.clone()],
+    };
+    let d = Daemon::start_with(&dir, &["--proxy-admin", proxy.admin.to_str().unwrap()]);
+    let spec = dir.join("spec.yml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\nname: {name}\ntemplate: agent\nsubdomains: [{host}]\n\
+             limits: {{ cpu: 1, memory: 512Mi, pids: 256, disk: 1Gi }}\n\
+             volume: {{ loop_image: {} }}\n\
+             role: {{ arn: \"arn:aws:iam::123456789012:role/m8trx-customer-{name}\", external_id: ext-{name} }}\n",
+            dir.join("vol.img").display()
+        ),
+    )
+    .unwrap();
+    d.ok(&["create", "-f", spec.to_str().unwrap()]);
+    let image = env("M8TRX_IMAGE_CADDY");
+    let tar = dir.join("caddy.tar");
+    let o = Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&tar)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    d.ok(&["load", &name, "-i", tar.to_str().unwrap()]);
+
+    // The tenant's own Caddy: its own (internal CA) certificate, PROXY v2 from the host side.
+    let caddyfile = format!(
+        "{{\n\tadmin off\n\tskip_install_trust\n\tauto_https disable_redirects\n\
+         \tservers :443 {{\n\t\tlistener_wrappers {{\n\t\t\tproxy_protocol {{\n\t\t\t\ttimeout 2s\n\
+         \t\t\t\tallow 10.250.0.0/16\n\t\t\t}}\n\t\t\ttls\n\t\t}}\n\t}}\n}}\n\
+         https://{host}:443 {{\n\ttls internal\n\trespond \"hello-from-{name} client={{remote_host}}\"\n}}\n"
+    );
+    let compose = serde_json::json!({
+        "services": {
+            "caddy": {
+                "image": image,
+                "entrypoint": ["/bin/sh", "-c"],
+                "command": ["printf '%s' \"$$CADDYFILE\" > /tmp/Caddyfile && exec caddy run --config /tmp/Caddyfile --adapter caddyfile"],
+                "environment": {
+                    "CADDYFILE": caddyfile,
+                    "HOME": "/tmp",
+                    "XDG_DATA_HOME": "/tmp/data",
+                    "XDG_CONFIG_HOME": "/tmp/config"
+                }
+            }
+        }
+    });
+    let file = dir.join("compose.json");
+    std::fs::write(&file, compose.to_string()).unwrap();
+    let out = d.ok(&["deploy", &name, "-f", file.to_str().unwrap()]);
+    assert!(out.contains(&format!("route {host} -> 10.250.")), "{out}");
+
+    let (body, verbose) = wait_fetch(&proxy, &host);
+    assert_eq!(
+        body,
+        format!("hello-from-{name} client=127.0.0.1"),
+        "Caddy sees the real client"
+    );
+    assert!(
+        verbose.contains("Caddy Local Authority"),
+        "the tenant's own certificate reached the client:\n{verbose}"
+    );
+
+    // stop takes the route away, start brings it back (at the container's new address).
+    d.ok(&["stop", &name]);
+    assert!(
+        !proxy.route_names().contains(&host),
+        "no route while stopped"
+    );
+    assert!(fetch(&proxy, &host).is_none());
+    d.ok(&["start", &name]);
+    assert!(proxy.route_names().contains(&host));
+    wait_fetch(&proxy, &host);
+
+    // quarantine: no route (and no network); lifting restores both.
+    d.ok(&["quarantine", &name]);
+    assert!(
+        !proxy.route_names().contains(&host),
+        "no route while quarantined"
+    );
+    d.ok(&["quarantine", &name, "--lift"]);
+    let (body, _) = wait_fetch(&proxy, &host);
+    assert!(body.starts_with(&format!("hello-from-{name}")), "{body}");
+
+    d.ok(&["destroy", &name, "--wipe"]);
+    assert!(
+        !proxy.route_names().contains(&host),
+        "route removed with the tenant"
+    );
+    drop(d);
+    drop(proxy);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
