@@ -614,6 +614,13 @@ impl Host {
                 step: Step::Firewall,
                 message,
             })?;
+        self.up(&rec, Step::Broker)
+            .await
+            .map_err(|message| LifecycleError::Step {
+                tenant: name.into(),
+                step: Step::Broker,
+                message,
+            })?;
         self.sync_routes(&rec, progress)
             .await
             .map_err(|message| LifecycleError::Step {
@@ -641,7 +648,7 @@ impl Host {
         };
         for r in records {
             let name = r.spec.name.to_string();
-            if r.desired != Desired::Absent && r.done.contains(&Step::Broker) {
+            if r.desired == Desired::Present && !r.quarantined && r.done.contains(&Step::Broker) {
                 match self.ensure_broker(&r).await {
                     Ok(Some(id)) => progress(format!("{name}: broker token {id} minted")),
                     Ok(None) => {}
@@ -862,6 +869,10 @@ impl Host {
                 .firewall
                 .apply(&Self::net(r), &self.cfg.services, r.quarantined)
                 .map_err(|e| e.to_string()),
+            // A stopped or quarantined tenant keeps no broker registration and no token.
+            Step::Broker if r.desired == Desired::Stopped || r.quarantined => {
+                Box::pin(self.down(r, Step::Broker)).await
+            }
             Step::Broker => self.ensure_broker(r).await.map(|_| ()),
             Step::Engine => {
                 let mut e = Engine::start(self.engine_config(r)).map_err(|e| e.to_string())?;

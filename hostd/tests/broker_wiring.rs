@@ -269,6 +269,17 @@ fn tenant_containers_get_the_customer_role_through_the_broker() {
     let v = credentials_seen(&name);
     assert_eq!(caller_arn(&v), expected, "{v}");
 
+    // Quarantine takes the tenant's registration and token away; lifting gives new ones.
+    d.ok(&["quarantine", &name]);
+    assert!(!token.exists(), "no token while quarantined");
+    let known = run(Command::new(broker_binary())
+        .args(["admin", "--socket"])
+        .arg(&admin)
+        .arg("list"));
+    assert!(!known.contains(&name), "broker forgot the tenant: {known}");
+    d.ok(&["quarantine", &name, "--lift"]);
+    assert!(token.exists(), "token back after the quarantine");
+
     d.ok(&["destroy", &name, "--wipe"]);
     assert!(!token.parent().unwrap().exists(), "token directory removed");
     drop(d);
