@@ -71,6 +71,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/tenants/{name}/quarantine", post(quarantine))
         .route("/v1/tenants/{name}/logs", get(logs))
         .route("/v1/tenants/{name}/images", post(load_image))
+        .route("/v1/tenants/{name}/rotate-secrets", post(rotate_secrets))
         .with_state(d)
 }
 
@@ -265,6 +266,24 @@ fn change(d: Arc<Daemon>, name: String, what: Change) -> Response {
             }
             .map_err(|e| e.to_string())?;
             Ok(summary(d, &r))
+        })
+    })
+}
+
+async fn rotate_secrets(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
+    match d.host.record(&name) {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    stream(d, move |d, progress| {
+        Box::pin(async move {
+            let restarted = d
+                .host
+                .rotate_secrets(&name, progress)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "tenant": name, "restarted": restarted }))
         })
     })
 }

@@ -13,6 +13,7 @@ pub mod network;
 pub mod policy;
 pub mod profiles;
 pub mod proxy_routes;
+pub mod secrets;
 pub mod spec;
 pub mod state;
 pub mod volume;

@@ -38,12 +38,14 @@ pub enum Step {
     Firewall,
     /// Its registration with the credential broker and its token file.
     Broker,
+    /// Its SSM parameters, read as the customer, written to the volume.
+    Secrets,
     /// Its dockerd.
     Engine,
 }
 
 /// Every step, in creation order.
-pub const STEPS: [Step; 8] = [
+pub const STEPS: [Step; 9] = [
     Step::User,
     Step::IdRanges,
     Step::Cgroup,
@@ -51,6 +53,7 @@ pub const STEPS: [Step; 8] = [
     Step::Profiles,
     Step::Firewall,
     Step::Broker,
+    Step::Secrets,
     Step::Engine,
 ];
 
@@ -149,6 +152,8 @@ pub struct Host {
     store: Store,
     /// Engines this process started, kept so that a dead one is reaped, not left a zombie.
     children: std::sync::Mutex<Vec<std::process::Child>>,
+    /// Where tenants' SSM parameters come from; `None`: hostd writes no secrets.
+    secrets: Option<crate::secrets::SecretsSource>,
 }
 
 impl Host {
@@ -159,7 +164,100 @@ impl Host {
             cfg,
             store,
             children: std::sync::Mutex::new(Vec::new()),
+            secrets: None,
         })
+    }
+
+    /// Reads tenants' SSM parameters from `source` (the Secrets step and `rotate-secrets`).
+    pub fn with_secrets(mut self, source: crate::secrets::SecretsSource) -> Self {
+        self.secrets = Some(source);
+        self
+    }
+
+    /// The tenant's secret files on its volume.
+    pub fn secrets_dir(&self, r: &Record) -> PathBuf {
+        self.mountpoint(r).join("secrets")
+    }
+
+    /// The broker's (and the secrets reader's) view of the tenant.
+    fn role_spec(&self, r: &Record) -> Result<cred_broker::TenantSpec, String> {
+        let (net, prefix) = ids::subnet(r.slot);
+        Ok(cred_broker::TenantSpec {
+            name: r.spec.name.clone(),
+            role_arn: r.spec.role.arn.clone(),
+            external_id: r.spec.role.external_id.clone(),
+            allowed_cidr: ipnet::Ipv4Net::new(net, prefix)
+                .map_err(|e| e.to_string())?
+                .into(),
+        })
+    }
+
+    /// Re-reads the tenant's SSM parameters, rewrites the files and restarts the running
+    /// containers of its project so they read the new values.
+    pub async fn rotate_secrets(
+        &self,
+        name: &str,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Vec<String>, LifecycleError> {
+        use bollard::query_parameters::{
+            ListContainersOptionsBuilder, RestartContainerOptionsBuilder,
+        };
+        let rec = self.live_record(name)?;
+        let failed = |message: String| LifecycleError::Step {
+            tenant: name.into(),
+            step: Step::Secrets,
+            message,
+        };
+        if self.secrets.is_none() {
+            return Err(failed(
+                "this hostd writes no secrets (started with --secrets none)".into(),
+            ));
+        }
+        progress(format!(
+            "{name}: reading SSM parameters as the customer role"
+        ));
+        self.up(&rec, Step::Secrets).await.map_err(failed)?;
+        let mut restarted = Vec::new();
+        let Some(engine) = Engine::adopt(self.engine_config(&rec)) else {
+            return Ok(restarted);
+        };
+        let d = engine
+            .connect()
+            .await
+            .ok_or_else(|| failed("engine does not answer".into()))?;
+        let filter = std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![format!(
+                "{}={}",
+                crate::compose::labels::PROJECT,
+                rec.spec.name.compose_project()
+            )],
+        )]);
+        let running = d
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| failed(format!("listing containers: {e}")))?;
+        for c in running {
+            let Some(n) = c
+                .names
+                .and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
+            else {
+                continue;
+            };
+            progress(format!("{name}: restarting {n}"));
+            d.restart_container(
+                &n,
+                Some(RestartContainerOptionsBuilder::default().t(10).build()),
+            )
+            .await
+            .map_err(|e| failed(format!("restarting {n}: {e}")))?;
+            restarted.push(n);
+        }
+        Ok(restarted)
     }
 
     /// The record of a tenant that exists and is not being destroyed.
@@ -239,6 +337,13 @@ impl Host {
             }
             None => (vec![], vec![]),
         };
+        let mut binds = binds;
+        if self.secrets.is_some() {
+            binds.push((
+                self.secrets_dir(r).display().to_string(),
+                crate::secrets::SECRETS_MOUNT.to_owned(),
+            ));
+        }
         Ok(crate::compose::Hardening {
             security_opt: profiles.security_opt(),
             default_memory: memory.min(512 << 20),
@@ -402,15 +507,7 @@ impl Host {
             return Ok(None);
         };
         let client = cred_broker::AdminClient::new(sock);
-        let (net, prefix) = ids::subnet(r.slot);
-        let spec = cred_broker::TenantSpec {
-            name: r.spec.name.clone(),
-            role_arn: r.spec.role.arn.clone(),
-            external_id: r.spec.role.external_id.clone(),
-            allowed_cidr: ipnet::Ipv4Net::new(net, prefix)
-                .map_err(|e| e.to_string())?
-                .into(),
-        };
+        let spec = self.role_spec(r)?;
         client.register(&spec).await.map_err(|e| e.to_string())?;
         let path = self.token_path(r);
         let now = std::time::SystemTime::now()
@@ -874,6 +971,18 @@ impl Host {
                 Box::pin(self.down(r, Step::Broker)).await
             }
             Step::Broker => self.ensure_broker(r).await.map(|_| ()),
+            Step::Secrets => {
+                let Some(source) = &self.secrets else {
+                    return Ok(());
+                };
+                let values = source
+                    .fetch(&self.role_spec(r)?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let id = u32::try_from(ids::range_base(r.slot)).map_err(|e| e.to_string())?;
+                crate::secrets::write_secrets(&self.secrets_dir(r), &values, (id, id))
+                    .map_err(|e| e.to_string())
+            }
             Step::Engine => {
                 let mut e = Engine::start(self.engine_config(r)).map_err(|e| e.to_string())?;
                 let ready = e
@@ -909,6 +1018,17 @@ impl Host {
             Step::Volume => self.release_volume(r).map_err(|e| e.to_string()),
             Step::Profiles => crate::profiles::uninstall(&r.spec.name, &self.cfg.profiles_dir)
                 .map_err(|e| e.to_string()),
+            Step::Secrets => {
+                let dir = self.secrets_dir(r);
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(format!("removing {}: {e}", dir.display()))
+                    }
+                    _ => Ok(()),
+                }
+            }
             Step::Broker => {
                 if let Some(sock) = &self.cfg.broker_admin {
                     match cred_broker::AdminClient::new(sock)

@@ -22,6 +22,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SecretsFrom {
+    Ssm,
+    None,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -29,6 +35,7 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing the flags buys nothing
 enum Command {
     /// Run the daemon: reconcile every tenant to its recorded state, then serve the API.
     Serve {
@@ -66,6 +73,19 @@ enum Command {
         /// broker and containers get no AWS credentials variables.
         #[arg(long)]
         broker_admin: Option<PathBuf>,
+        /// Where tenants' SSM parameters come from: `ssm` (read as the customer's role,
+        /// written to the tenant volume) or `none` (no secrets written).
+        #[arg(long, value_enum, default_value = "ssm")]
+        secrets: SecretsFrom,
+        /// AWS endpoint for STS and SSM (tests: a moto server); default: the SDK's regional ones.
+        #[arg(long)]
+        aws_endpoint: Option<String>,
+        /// AWS region.
+        #[arg(long, default_value = "us-east-1")]
+        aws_region: String,
+        /// This host's id: SourceIdentity of the sessions hostd opens on customer roles.
+        #[arg(long)]
+        host_id: Option<String>,
         /// sni-proxy's admin socket. Without it hostd manages no public routes.
         #[arg(long)]
         proxy_admin: Option<PathBuf>,
@@ -144,6 +164,11 @@ enum Op {
         #[arg(short = 'i', long = "input")]
         input: PathBuf,
     },
+    /// Re-read the tenant's SSM parameters as its role, rewrite the files, restart its containers.
+    RotateSecrets {
+        /// Tenant name.
+        name: String,
+    },
     /// Stop the tenant's containers and engine; keeps data, rules and cgroup. `start` undoes it.
     Stop {
         /// Tenant name.
@@ -196,6 +221,10 @@ fn main() -> ExitCode {
             broker_port,
             broker_admin,
             proxy_admin,
+            secrets,
+            aws_endpoint,
+            aws_region,
+            host_id,
             token_dir,
             token_ttl_secs,
             log_format,
@@ -229,7 +258,15 @@ fn main() -> ExitCode {
                 firewall: Firewall::default(),
             };
             let every = std::time::Duration::from_secs(supervise_interval.max(1));
-            match rt.block_on(serve(cfg, socket, every)) {
+            let aws = (secrets == SecretsFrom::Ssm).then(|| {
+                let host = host_id.unwrap_or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "m8trx-host".into())
+                });
+                (aws_endpoint, aws_region, host)
+            });
+            match rt.block_on(serve(cfg, socket, every, aws)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -247,8 +284,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cfg: HostConfig, socket: PathBuf, every: std::time::Duration) -> anyhow::Result<()> {
-    let host = Host::open(cfg).context("opening hostd's state store")?;
+async fn serve(
+    cfg: HostConfig,
+    socket: PathBuf,
+    every: std::time::Duration,
+    aws: Option<(Option<String>, String, String)>,
+) -> anyhow::Result<()> {
+    let mut host = Host::open(cfg).context("opening hostd's state store")?;
+    if let Some((endpoint, region, host_id)) = aws {
+        let source = hostd::secrets::SecretsSource::new(endpoint, region, host_id)
+            .await
+            .context("configuring the SSM secrets reader (--secrets none turns it off)")?;
+        host = host.with_secrets(source);
+    }
     let errors = host
         .reconcile(&mut |line| tracing::info!(target: "reconcile", "{line}"))
         .await;
@@ -357,6 +405,9 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
             let body = ctl::file_body(&input).await?;
             let path = format!("/v1/tenants/{name}/images");
             ctl::run(socket, Method::POST, &path, body, json).await?
+        }
+        Op::RotateSecrets { name } => {
+            post(socket, &format!("/v1/tenants/{name}/rotate-secrets"), json).await?
         }
         Op::Stop { name } => post(socket, &format!("/v1/tenants/{name}/stop"), json).await?,
         Op::Start { name } => post(socket, &format!("/v1/tenants/{name}/start"), json).await?,

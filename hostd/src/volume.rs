@@ -119,16 +119,26 @@ pub fn loops_of(image: &Path) -> Result<Vec<PathBuf>, VolumeError> {
 /// reusing the device already attached to it.
 pub fn loop_device(image: &Path, size: u64) -> Result<PathBuf, VolumeError> {
     if !image.exists() {
-        if let Some(dir) = image.parent() {
-            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        }
+        // Made full-size under a temporary name and renamed into place, so a crash never
+        // leaves a short image that would later be attached and found unformattable.
+        let dir = image.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            image.file_name().unwrap_or_default().to_string_lossy()
+        ));
         let f = std::fs::OpenOptions::new()
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .write(true)
-            .open(image)
-            .map_err(io("create", image))?;
-        f.set_len(size).map_err(io("size", image))?;
-        f.sync_all().map_err(io("sync", image))?;
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        f.set_len(size).map_err(io("size", &tmp))?;
+        f.sync_all().map_err(io("sync", &tmp))?;
+        std::fs::rename(&tmp, image).map_err(io("rename", image))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync", dir))?;
     }
     if let Some(dev) = loops_of(image)?.into_iter().next() {
         return Ok(dev);

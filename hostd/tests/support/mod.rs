@@ -62,7 +62,16 @@ impl Daemon {
             .arg(dir.join("logs"))
             .arg("--profiles-dir")
             .arg(dir.join("profiles"))
+            .args(if extra.contains(&"--secrets") {
+                &[][..]
+            } else {
+                &["--secrets", "none"][..]
+            })
             .args(extra)
+            // The host's own credentials (moto accepts any); never the metadata service.
+            .env("AWS_ACCESS_KEY_ID", "AKIDM8TRXHOSTTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "host-secret-not-for-tenants")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

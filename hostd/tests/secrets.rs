@@ -1,0 +1,159 @@
+//! The tenant's six SSM parameters (moto) read by hostd as the customer's role and written
+//! to the tenant volume: files 0400 owned by the remapped root, visible read-only in the
+//! tenant's containers; `hostd ctl rotate-secrets` picks up a changed value and restarts the
+//! containers; no value ever appears in hostd's log or output.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{
+    busybox_tarball, env, require_root, tenant_docker, text, write_spec, Cleanup, Daemon,
+};
+
+const LEAVES: [&str; 6] = [
+    "brain-key",
+    "brain-customer-id",
+    "brain-url",
+    "tailscale-auth-key",
+    "agent-fetch-pat",
+    "agent-ui-password",
+];
+
+/// Puts the parameters into moto as control would (SecureString where the platform says).
+fn put_parameters(name: &str, suffix: &str) {
+    let script = r#"
+import sys, boto3
+ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=sys.argv[1],
+                   aws_access_key_id="AKIDCONTROL", aws_secret_access_key="control")
+name, suffix = sys.argv[2], sys.argv[3]
+for leaf in ["brain-key", "brain-customer-id", "brain-url", "tailscale-auth-key",
+             "agent-fetch-pat", "agent-ui-password"]:
+    plain = leaf in ("brain-customer-id", "brain-url")
+    ssm.put_parameter(Name=f"/m8trx/{name}/{leaf}", Value=f"secret-{leaf}-{suffix}",
+                      Type="String" if plain else "SecureString", Overwrite=True)
+"#;
+    let o = Command::new(env("M8TRX_PYTHON"))
+        .args(["-c", script, &env("M8TRX_MOTO_ENDPOINT"), name, suffix])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+fn app_output(name: &str) -> String {
+    let container = format!("m8trx-{name}-app-1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = tenant_docker(name, &["logs", &container]);
+        let out = text(&o);
+        if out.contains("END") {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "no output from the app: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn parameters_reach_the_tenant_as_files_and_rotate() {
+    require_root();
+    let id = std::process::id();
+    let name = format!("sec-{id}");
+    let dir = std::env::temp_dir().join(format!("m8trx-hostd-secrets-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    put_parameters(&name, "v1");
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        names: vec![name.clone()],
+    };
+    let d = Daemon::start_with(
+        &dir,
+        &[
+            "--secrets",
+            "ssm",
+            "--aws-endpoint",
+            &env("M8TRX_MOTO_ENDPOINT"),
+            "--host-id",
+            "m8trx-test-host",
+        ],
+    );
+    let spec = write_spec(&dir, &name, "256Mi");
+    let created = d.ok(&["create", "-f", spec.to_str().unwrap()]);
+
+    let secrets = dir.join("tenants").join(&name).join("secrets");
+    let base: u32 = std::fs::read_to_string("/etc/subuid")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("m8t-{name}:")))
+        .and_then(|l| l.split(':').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    for leaf in LEAVES {
+        let path = secrets.join(leaf);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("secret-{leaf}-v1")
+        );
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (m.mode() & 0o777, m.uid(), m.gid()),
+            (0o400, base, base),
+            "{leaf}"
+        );
+    }
+
+    let (image, tar) = busybox_tarball(&dir);
+    d.ok(&["load", &name, "-i", tar.to_str().unwrap()]);
+    let compose = dir.join("compose.yml");
+    std::fs::write(
+        &compose,
+        format!(
+            "services:\n  app:\n    image: {image}\n    \
+             command: [sh, -c, 'cat /run/secrets/m8trx/brain-key; echo; \
+             if echo x > /run/secrets/m8trx/brain-key; then echo writable; fi; echo END; exec sleep 600']\n"
+        ),
+    )
+    .unwrap();
+    let deployed = d.ok(&["deploy", &name, "-f", compose.to_str().unwrap()]);
+    let out = app_output(&name);
+    assert!(out.contains("secret-brain-key-v1"), "{out}");
+    assert!(
+        !out.contains("writable"),
+        "read-only in the container: {out}"
+    );
+
+    // A new value in SSM: rotate-secrets rewrites the file and restarts the app.
+    put_parameters(&name, "v2");
+    let rotated = d.ok(&["rotate-secrets", &name]);
+    assert!(
+        rotated.contains(&format!("m8trx-{name}-app-1")),
+        "{rotated}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("brain-key")).unwrap(),
+        "secret-brain-key-v2"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app_output(&name).contains("secret-brain-key-v2") {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted app did not read the new value"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Nothing secret in what hostd printed or logged.
+    let log = std::fs::read_to_string(dir.join("hostd.log")).unwrap();
+    for out in [&created, &deployed, &rotated, &log] {
+        assert!(!out.contains("secret-"), "a secret value leaked:\n{out}");
+    }
+
+    d.ok(&["destroy", &name, "--wipe"]);
+    assert!(!secrets.exists());
+    drop(d);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
