@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE ?= /var/lib/m8trx-test/env
 export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 
-.PHONY: test demo fmt-check clippy test-env unit build infra-check bench-proxy
+.PHONY: test demo demo-down fmt-check clippy test-env unit build infra-check bench-proxy
 
 ## test: formatting, lints, the real test environment, then every test of the workspace.
 test: fmt-check clippy test-env infra-check
@@ -30,6 +30,10 @@ build:
 bench-proxy: test-env
 	cargo bench -p sni-proxy --bench compare
 
-## demo: a local shared host with two demo tenants (needs issues #3-#6; says so until then).
+## demo: a local shared host with two demo tenants behind sni-proxy; prints how to reach them.
 demo: build
 	@scripts/demo
+
+## demo-down: remove everything `make demo` made.
+demo-down:
+	@scripts/demo down
