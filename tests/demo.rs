@@ -142,6 +142,13 @@ fn demo_tenants_are_served_isolated_and_acme_leaves_nothing() {
     let logs = text(&ctl(&["logs", "acme", "app"]));
     assert!(logs.contains("container-role credentials ASIA"), "{logs}");
 
+    // acme (agent) has its tailscale sidecar, named after the host and the tenant.
+    let ts = text(&engine("acme", &["logs", "m8trx-acme-tailscale-1"]));
+    assert!(
+        ts.contains("hostname=m8trx-demo-host-acme") && ts.contains("authkey=readable"),
+        "{ts}"
+    );
+
     // beta's remapped root cannot read acme's volume or secrets; acme's own root can.
     let (a, b) = (subuid_base("acme").unwrap(), subuid_base("beta").unwrap());
     let secret = format!("{STATE}/tenants/acme/secrets/brain-key");

@@ -213,7 +213,7 @@ async fn deploy(
     UrlPath(name): UrlPath<String>,
     body: String,
 ) -> Response {
-    let doc = match crate::policy::check_compose(&body) {
+    let mut doc = match crate::policy::check_compose(&body) {
         Ok(doc) => doc,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
@@ -222,6 +222,13 @@ async fn deploy(
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    if rec.spec.template == crate::spec::Template::Agent {
+        if let Some(ts) = d.host.tailscale() {
+            if let Err(e) = crate::tailscale::add_sidecar(&mut doc, ts, rec.spec.name.as_str()) {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
+            }
+        }
+    }
     stream(d, move |d, progress| {
         Box::pin(async move {
             let engine = Engine::adopt(d.host.engine_config(&rec))

@@ -16,4 +16,5 @@ pub mod proxy_routes;
 pub mod secrets;
 pub mod spec;
 pub mod state;
+pub mod tailscale;
 pub mod volume;

@@ -154,6 +154,8 @@ pub struct Host {
     children: std::sync::Mutex<Vec<std::process::Child>>,
     /// Where tenants' SSM parameters come from; `None`: hostd writes no secrets.
     secrets: Option<crate::secrets::SecretsSource>,
+    /// The tailscale sidecar agent tenants get; `None`: no sidecar.
+    tailscale: Option<crate::tailscale::TailscaleConfig>,
 }
 
 impl Host {
@@ -165,7 +167,19 @@ impl Host {
             store,
             children: std::sync::Mutex::new(Vec::new()),
             secrets: None,
+            tailscale: None,
         })
+    }
+
+    /// Gives every agent tenant a tailscale sidecar run as `cfg` says.
+    pub fn with_tailscale(mut self, cfg: crate::tailscale::TailscaleConfig) -> Self {
+        self.tailscale = Some(cfg);
+        self
+    }
+
+    /// The sidecar configuration, when this host runs sidecars.
+    pub fn tailscale(&self) -> Option<&crate::tailscale::TailscaleConfig> {
+        self.tailscale.as_ref()
     }
 
     /// Reads tenants' SSM parameters from `source` (the Secrets step and `rotate-secrets`).

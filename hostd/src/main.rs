@@ -86,6 +86,11 @@ enum Command {
         /// This host's id: SourceIdentity of the sessions hostd opens on customer roles.
         #[arg(long)]
         host_id: Option<String>,
+        /// Image of the tailscale sidecar every agent tenant gets (production: the official
+        /// image pinned by digest, loaded or pullable in tenant engines). Needs `--secrets ssm`
+        /// (the auth key is the tenant's `tailscale-auth-key` parameter). Without it: no sidecar.
+        #[arg(long)]
+        tailscale_image: Option<String>,
         /// sni-proxy's admin socket. Without it hostd manages no public routes.
         #[arg(long)]
         proxy_admin: Option<PathBuf>,
@@ -222,6 +227,7 @@ fn main() -> ExitCode {
             broker_admin,
             proxy_admin,
             secrets,
+            tailscale_image,
             aws_endpoint,
             aws_region,
             host_id,
@@ -258,15 +264,21 @@ fn main() -> ExitCode {
                 firewall: Firewall::default(),
             };
             let every = std::time::Duration::from_secs(supervise_interval.max(1));
-            let aws = (secrets == SecretsFrom::Ssm).then(|| {
-                let host = host_id.unwrap_or_else(|| {
-                    std::fs::read_to_string("/etc/hostname")
-                        .map(|h| h.trim().to_owned())
-                        .unwrap_or_else(|_| "m8trx-host".into())
-                });
-                (aws_endpoint, aws_region, host)
+            let host = host_id.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "m8trx-host".into())
             });
-            match rt.block_on(serve(cfg, socket, every, aws)) {
+            if tailscale_image.is_some() && secrets == SecretsFrom::None {
+                eprintln!("hostd: --tailscale-image needs --secrets ssm (the auth key is a tenant secret)");
+                return ExitCode::from(2);
+            }
+            let tailscale = tailscale_image.map(|image| hostd::tailscale::TailscaleConfig {
+                image,
+                host_id: host.clone(),
+            });
+            let aws = (secrets == SecretsFrom::Ssm).then_some((aws_endpoint, aws_region, host));
+            match rt.block_on(serve(cfg, socket, every, aws, tailscale)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -289,6 +301,7 @@ async fn serve(
     socket: PathBuf,
     every: std::time::Duration,
     aws: Option<(Option<String>, String, String)>,
+    tailscale: Option<hostd::tailscale::TailscaleConfig>,
 ) -> anyhow::Result<()> {
     let mut host = Host::open(cfg).context("opening hostd's state store")?;
     if let Some((endpoint, region, host_id)) = aws {
@@ -296,6 +309,10 @@ async fn serve(
             .await
             .context("configuring the SSM secrets reader (--secrets none turns it off)")?;
         host = host.with_secrets(source);
+    }
+    match tailscale {
+        Some(ts) => host = host.with_tailscale(ts),
+        None => tracing::warn!("no --tailscale-image: agent tenants get no tailscale sidecar"),
     }
     let errors = host
         .reconcile(&mut |line| tracing::info!(target: "reconcile", "{line}"))
