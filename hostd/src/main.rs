@@ -89,7 +89,7 @@ enum Command {
         /// Image of the tailscale sidecar every agent tenant gets (production: the official
         /// image pinned by digest, loaded or pullable in tenant engines). Needs `--secrets ssm`
         /// (the auth key is the tenant's `tailscale-auth-key` parameter). Without it: no sidecar.
-        #[arg(long)]
+        #[arg(long, env = "HOSTD_TAILSCALE_IMAGE")]
         tailscale_image: Option<String>,
         /// sni-proxy's admin socket. Without it hostd manages no public routes.
         #[arg(long)]
