@@ -154,7 +154,7 @@ def test_firewall_rules_load_with_iptables_restore_test(tool, name, tmp_path):
 KNOWN = {
     "Unit": {"Description", "Documentation", "After", "Before", "Wants", "Requires", "BindsTo", "DefaultDependencies",
              "StartLimitIntervalSec", "StartLimitBurst"},
-    "Service": {"Type", "User", "Group", "ExecStart", "ExecStop", "Restart", "RestartSec", "RemainAfterExit", "KillMode",
+    "Service": {"Type", "User", "Group", "EnvironmentFile", "ExecStart", "ExecStop", "Restart", "RestartSec", "RemainAfterExit", "KillMode",
                 "Delegate", "TasksMax", "LimitNOFILE", "UMask", "StateDirectory", "StateDirectoryMode", "RuntimeDirectory",
                 "RuntimeDirectoryMode", "RuntimeDirectoryPreserve", "LogsDirectory", "AmbientCapabilities",
                 "CapabilityBoundingSet", "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
