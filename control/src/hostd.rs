@@ -19,56 +19,57 @@ pub const SPEC_DIR: &str = "/run/m8trx/control";
 /// SSM document that runs a shell script as root.
 pub const DOCUMENT: &str = "AWS-RunShellScript";
 
-/// Aggregate limits of the tenant's cgroup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Aggregate limits of the tenant's cgroup, in hostd's spec units.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Limits {
-    /// CPU, thousandths of a vCPU.
-    pub cpu_millis: u64,
-    /// Memory, MiB.
-    pub memory_mib: u64,
+    /// CPU cores in aggregate (e.g. 0.5).
+    pub cpu: f64,
+    /// Memory ceiling, e.g. `1024Mi`.
+    pub memory: String,
     /// Process count.
-    pub pids: u64,
-    /// Disk quota, GB (the volume size).
-    pub disk_gb: i32,
+    pub pids: u32,
+    /// Disk quota: the volume size, e.g. `30Gi` (EBS sizes are GiB).
+    pub disk: String,
 }
 
-/// The tenant's data volume as hostd finds it (NVMe serial from the id, device name as fallback).
+/// The tenant's data volume as hostd finds it: by the EBS volume id (NVMe serial).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeRef {
     /// EBS volume id.
-    pub ebs_volume_id: String,
-    /// Device name it was attached as.
-    pub device: String,
+    pub ebs: String,
 }
 
-/// The tenant spec control hands to `hostd ctl create -f` (DESIGN.md §4); no secret in it:
-/// hostd reads the six SSM parameters itself with the customer's role.
+/// The customer role hostd (secrets) and the broker (containers) assume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleRef {
+    /// Role ARN.
+    pub arn: String,
+    /// ExternalId the role's trust policy requires of the shared host.
+    pub external_id: String,
+}
+
+/// The tenant spec control hands to `hostd ctl create -f`, in hostd's own format
+/// (`hostd/src/spec.rs`; a test parses it with hostd's parser). No secret in it: hostd reads
+/// the six SSM parameters itself with the customer's role, and derives the UID, SSM prefix
+/// and tailscale tag from the name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantSpec {
     /// [`TENANT_SPEC_VERSION`].
     pub version: u32,
     /// Customer name.
     pub name: String,
-    /// Customer UID, `cust_<name>`.
-    pub uid: String,
     /// `agent` or `baseline`.
     pub template: String,
     /// Public hostnames routed to the tenant.
     pub subdomains: Vec<String>,
+    /// `passthrough` (agent: the tenant's own Caddy terminates TLS) or `terminate` (baseline).
+    pub tls: String,
     /// Aggregate cgroup limits.
     pub limits: Limits,
     /// The tenant volume.
     pub volume: VolumeRef,
-    /// Customer role the broker assumes for the tenant.
-    pub role_arn: String,
-    /// ExternalId for that AssumeRole.
-    pub external_id: Option<String>,
-    /// `passthrough` (agent: the tenant's own Caddy terminates TLS) or `terminate` (baseline).
-    pub tls: String,
-    /// SSM prefix of the tenant's parameters.
-    pub ssm_prefix: String,
-    /// Tailscale tag of the tenant's sidecar.
-    pub tailscale_tag: String,
+    /// The customer role.
+    pub role: RoleRef,
 }
 
 fn quote(s: &str) -> String {
@@ -373,25 +374,34 @@ mod tests {
         TenantSpec {
             version: TENANT_SPEC_VERSION,
             name: "acme".into(),
-            uid: "cust_acme".into(),
             template: "agent".into(),
             subdomains: vec!["acme.m8trx.ai".into()],
+            tls: "passthrough".into(),
             limits: Limits {
-                cpu_millis: 500,
-                memory_mib: 1024,
+                cpu: 0.5,
+                memory: "1024Mi".into(),
                 pids: 4096,
-                disk_gb: 30,
+                disk: "30Gi".into(),
             },
             volume: VolumeRef {
-                ebs_volume_id: "vol-1".into(),
-                device: "/dev/sdf".into(),
+                ebs: "vol-0123456789abcdef0".into(),
             },
-            role_arn: "arn:aws:iam::1:role/m8trx-acme".into(),
-            external_id: None,
-            tls: "passthrough".into(),
-            ssm_prefix: "/m8trx/acme/".into(),
-            tailscale_tag: "tag:m8trx-cust-acme".into(),
+            role: RoleRef {
+                arn: "arn:aws:iam::123456789012:role/m8trx-customer-acme".into(),
+                external_id: "ext-acme-0001".into(),
+            },
         }
+    }
+
+    #[test]
+    fn hostd_accepts_the_spec_control_sends() {
+        let json = serde_json::to_string(&spec()).unwrap();
+        let parsed = hostd::spec::TenantSpec::parse(&json)
+            .unwrap_or_else(|e| panic!("hostd refuses control's spec: {e}\n{json}"));
+        assert_eq!(parsed.name.as_str(), "acme");
+        assert_eq!(parsed.limits.memory.0, 1024 << 20);
+        assert_eq!(parsed.limits.disk.0, 30 << 30);
+        assert_eq!(parsed.role.external_id, "ext-acme-0001");
     }
 
     fn inv(status: CommandInvocationStatus, code: i32, stdout: &str, stderr: &str) -> Invocation {

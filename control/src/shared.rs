@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::{Clients, ControlConfig};
 use crate::ec2::{attached_to, customer_volumes, wait_volume};
 use crate::error::{ControlError, Result};
-use crate::hostd::{self, Limits, TenantSpec, VolumeRef, TENANT_SPEC_VERSION};
+use crate::hostd::{self, Limits, RoleRef, TenantSpec, VolumeRef, TENANT_SPEC_VERSION};
 use crate::identity::CustomerIdentity;
 use crate::inventory::{self, Host, Need, Reservation};
 use crate::progress::Progress;
@@ -18,7 +18,7 @@ use crate::tags;
 use crate::userdata;
 
 /// Process limit of a tenant's aggregate cgroup.
-pub const TENANT_PIDS: u64 = 4096;
+pub const TENANT_PIDS: u32 = 4096;
 
 /// Where a shared customer ended up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,36 +43,43 @@ pub fn need(spec: &DeploySpec) -> Need {
     }
 }
 
-/// The tenant spec hostd receives for this deploy.
+/// The tenant spec hostd receives for this deploy; a shared host needs the role's ExternalId
+/// (the customer role's trust policy admits the shared-host role only with it).
 pub fn tenant_spec(
     spec: &DeploySpec,
     config: &ControlConfig,
     identity: &CustomerIdentity,
     volume: VolumeRef,
-) -> TenantSpec {
-    TenantSpec {
+) -> Result<TenantSpec> {
+    let external_id = identity.external_id.clone().ok_or_else(|| {
+        ControlError::Missing(format!(
+            "customer role {} has no ExternalId (request secrets.external_id or the role's tag); \
+             shared hosting needs it",
+            identity.role_arn
+        ))
+    })?;
+    Ok(TenantSpec {
         version: TENANT_SPEC_VERSION,
         name: spec.name.to_string(),
-        uid: spec.name.uid(),
         template: spec.template.as_str().to_owned(),
         subdomains: vec![userdata::hostname(spec, &config.platform_domain)],
-        limits: Limits {
-            cpu_millis: spec.instance.shared_cpu_millis,
-            memory_mib: spec.instance.shared_memory_mib,
-            pids: TENANT_PIDS,
-            disk_gb: spec.volume_size_gb,
-        },
-        volume,
-        role_arn: identity.role_arn.clone(),
-        external_id: identity.external_id.clone(),
         tls: match spec.template {
             Template::Agent => "passthrough",
             Template::Baseline => "terminate",
         }
         .to_owned(),
-        ssm_prefix: spec.name.ssm_prefix(),
-        tailscale_tag: spec.name.tailscale_tag(),
-    }
+        limits: Limits {
+            cpu: spec.instance.shared_cpu_millis as f64 / 1000.0,
+            memory: format!("{}Mi", spec.instance.shared_memory_mib),
+            pids: TENANT_PIDS,
+            disk: format!("{}Gi", spec.volume_size_gb),
+        },
+        volume,
+        role: RoleRef {
+            arn: identity.role_arn.clone(),
+            external_id,
+        },
+    })
 }
 
 /// Read-only check that a deploy can be placed: an existing reservation, or a host with room.
@@ -292,10 +299,9 @@ pub async fn deploy(
         config,
         identity,
         VolumeRef {
-            ebs_volume_id: volume_id.clone(),
-            device: device.clone(),
+            ebs: volume_id.clone(),
         },
-    );
+    )?;
     let lines = hostd::run(
         &clients.ssm,
         config,

@@ -536,10 +536,10 @@ async fn shared_flow_places_attaches_drives_hostd_resumes_and_deletes_everything
     );
     for needle in [
         format!("\"name\":\"{name}\""),
-        format!("\"ebs_volume_id\":\"{}\"", p.volume_id),
+        format!("\"volume\":{{\"ebs\":\"{}\"}}", p.volume_id),
         format!(":role/m8trx-{name}\""),
         format!("\"external_id\":\"ext-{name}\""),
-        "\"memory_mib\":1024".to_owned(),
+        "\"memory\":\"1024Mi\"".to_owned(),
         "\"tls\":\"passthrough\"".to_owned(),
         format!("hostd ctl create -f /run/m8trx/control/{name}.json --json"),
     ] {
@@ -548,6 +548,13 @@ async fn shared_flow_places_attaches_drives_hostd_resumes_and_deletes_everything
             "command lacks {needle}:\n{create}"
         );
     }
+    // The spec file is hostd's own format: hostd's parser accepts it.
+    let json = create
+        .lines()
+        .find(|l| l.starts_with("{\"version\""))
+        .expect("spec line in the command");
+    hostd::spec::TenantSpec::parse(json)
+        .unwrap_or_else(|e| panic!("hostd would refuse the spec control sent: {e}\n{json}"));
     for secret in ["_secret", "tskey-auth", "ghp_fleetwidepat"] {
         assert!(
             !create.contains(secret),
