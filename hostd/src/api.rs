@@ -90,6 +90,19 @@ pub async fn serve(d: Arc<Daemon>, socket: &Path) -> std::io::Result<()> {
     axum::serve(listener, router(d)).await
 }
 
+/// The tenant's record, or the 404/500 response to send instead.
+#[allow(clippy::result_large_err)] // the Err is the HTTP answer itself, returned at once
+fn existing(d: &Daemon, name: &str) -> Result<Record, Response> {
+    match d.host.record(name) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no tenant named {name:?}"),
+        )),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
@@ -117,10 +130,9 @@ async fn list(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 async fn status(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
-    match d.host.record(&name) {
-        Ok(Some(r)) => Json(summary(&d, &r)).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match existing(&d, &name) {
+        Ok(r) => Json(summary(&d, &r)).into_response(),
+        Err(resp) => resp,
     }
 }
 
@@ -192,10 +204,8 @@ async fn destroy(
     UrlPath(name): UrlPath<String>,
     Query(q): Query<DestroyQuery>,
 ) -> Response {
-    match d.host.record(&name) {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    if let Err(resp) = existing(&d, &name) {
+        return resp;
     }
     stream(d, move |d, progress| {
         Box::pin(async move {
@@ -217,10 +227,9 @@ async fn deploy(
         Ok(doc) => doc,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
-    let rec = match d.host.record(&name) {
-        Ok(Some(r)) => r,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let rec = match existing(&d, &name) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     if rec.spec.template == crate::spec::Template::Agent {
         if let Some(ts) = d.host.tailscale() {
@@ -259,10 +268,8 @@ enum Change {
 }
 
 fn change(d: Arc<Daemon>, name: String, what: Change) -> Response {
-    match d.host.record(&name) {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    if let Err(resp) = existing(&d, &name) {
+        return resp;
     }
     stream(d, move |d, progress| {
         Box::pin(async move {
@@ -278,10 +285,8 @@ fn change(d: Arc<Daemon>, name: String, what: Change) -> Response {
 }
 
 async fn rotate_secrets(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
-    match d.host.record(&name) {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no tenant named {name:?}")),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    if let Err(resp) = existing(&d, &name) {
+        return resp;
     }
     stream(d, move |d, progress| {
         Box::pin(async move {
@@ -324,16 +329,7 @@ async fn quarantine(
 
 /// A client for a tenant's running engine, or the error response to send.
 async fn tenant_engine(d: &Daemon, name: &str) -> Result<(Record, bollard::Docker), Response> {
-    let rec = match d.host.record(name) {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                format!("no tenant named {name:?}"),
-            ))
-        }
-        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    };
+    let rec = existing(d, name)?;
     let engine = Engine::adopt(d.host.engine_config(&rec)).ok_or_else(|| {
         error(
             StatusCode::CONFLICT,

@@ -112,6 +112,15 @@ pub enum LifecycleError {
     Conflict(String, String),
 }
 
+/// The error of `step` of `tenant` failing with a message, for `map_err`.
+fn step_failed(tenant: &str, step: Step) -> impl Fn(String) -> LifecycleError + Copy + '_ {
+    move |message| LifecycleError::Step {
+        tenant: tenant.to_owned(),
+        step,
+        message,
+    }
+}
+
 /// Host-wide settings every tenant's steps use.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -217,11 +226,7 @@ impl Host {
             ListContainersOptionsBuilder, RestartContainerOptionsBuilder,
         };
         let rec = self.live_record(name)?;
-        let failed = |message: String| LifecycleError::Step {
-            tenant: name.into(),
-            step: Step::Secrets,
-            message,
-        };
+        let failed = step_failed(name, Step::Secrets);
         if self.secrets.is_none() {
             return Err(failed(
                 "this hostd writes no secrets (started with --secrets none)".into(),
@@ -626,14 +631,7 @@ impl Host {
         progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), LifecycleError> {
         let name = rec.spec.name.to_string();
-        let failed = |step: Step| {
-            let tenant = name.clone();
-            move |message: String| LifecycleError::Step {
-                tenant,
-                step,
-                message,
-            }
-        };
+        let failed = |step: Step| step_failed(&name, step);
         for step in STEPS {
             if step == Step::Engine && rec.desired == Desired::Stopped {
                 progress(format!("{name}: Engine (stopped)"));
@@ -675,13 +673,7 @@ impl Host {
         name: &str,
         progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<Record, LifecycleError> {
-        let mut rec = self.live_record(name)?;
-        if rec.desired != Desired::Stopped {
-            rec.desired = Desired::Stopped;
-            self.store.put(name, &rec)?;
-        }
-        self.provision(&mut rec, progress).await?;
-        Ok(rec)
+        self.move_to(name, Desired::Stopped, progress).await
     }
 
     /// Starts a stopped tenant: engine first, then the containers that ran when it stopped.
@@ -690,9 +682,19 @@ impl Host {
         name: &str,
         progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<Record, LifecycleError> {
+        self.move_to(name, Desired::Present, progress).await
+    }
+
+    /// Records the new desired state, then provisions towards it.
+    async fn move_to(
+        &self,
+        name: &str,
+        desired: Desired,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Record, LifecycleError> {
         let mut rec = self.live_record(name)?;
-        if rec.desired != Desired::Present {
-            rec.desired = Desired::Present;
+        if rec.desired != desired {
+            rec.desired = desired;
             self.store.put(name, &rec)?;
         }
         self.provision(&mut rec, progress).await?;
@@ -720,25 +722,13 @@ impl Host {
         ));
         self.up(&rec, Step::Firewall)
             .await
-            .map_err(|message| LifecycleError::Step {
-                tenant: name.into(),
-                step: Step::Firewall,
-                message,
-            })?;
+            .map_err(step_failed(name, Step::Firewall))?;
         self.up(&rec, Step::Broker)
             .await
-            .map_err(|message| LifecycleError::Step {
-                tenant: name.into(),
-                step: Step::Broker,
-                message,
-            })?;
+            .map_err(step_failed(name, Step::Broker))?;
         self.sync_routes(&rec, progress)
             .await
-            .map_err(|message| LifecycleError::Step {
-                tenant: name.into(),
-                step: Step::Firewall,
-                message,
-            })?;
+            .map_err(step_failed(name, Step::Firewall))?;
         Ok(rec)
     }
 
@@ -763,11 +753,7 @@ impl Host {
                 match self.ensure_broker(&r).await {
                     Ok(Some(id)) => progress(format!("{name}: broker token {id} minted")),
                     Ok(None) => {}
-                    Err(message) => errors.push(LifecycleError::Step {
-                        tenant: name.clone(),
-                        step: Step::Broker,
-                        message,
-                    }),
+                    Err(message) => errors.push(step_failed(&name, Step::Broker)(message)),
                 }
             }
             let running = r.desired == Desired::Present && r.done.contains(&Step::Engine);
@@ -777,11 +763,7 @@ impl Host {
             progress(format!("{name}: engine is not running; restarting it"));
             match self.up(&r, Step::Engine).await {
                 Ok(()) => restarted.push(name),
-                Err(message) => errors.push(LifecycleError::Step {
-                    tenant: name,
-                    step: Step::Engine,
-                    message,
-                }),
+                Err(message) => errors.push(step_failed(&name, Step::Engine)(message)),
             }
         }
         (restarted, errors)
@@ -892,22 +874,14 @@ impl Host {
         }
         self.sync_routes(&rec, progress)
             .await
-            .map_err(|message| LifecycleError::Step {
-                tenant: name.into(),
-                step: Step::Engine,
-                message,
-            })?;
+            .map_err(step_failed(name, Step::Engine))?;
         for step in STEPS.iter().rev() {
             progress(format!("{name}: undo {step:?}"));
             // Undo every step, recorded or not: a crash between a step's effect and its
             // record leaves an effect the record does not know about.
             self.down(&rec, *step)
                 .await
-                .map_err(|message| LifecycleError::Step {
-                    tenant: name.into(),
-                    step: *step,
-                    message,
-                })?;
+                .map_err(step_failed(name, *step))?;
             if rec.done.contains(step) {
                 rec.done.retain(|s| s != step);
                 self.store.put(name, &rec)?;

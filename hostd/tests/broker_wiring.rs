@@ -10,7 +10,7 @@
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,18 +33,6 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The cred-broker binary `cargo test --workspace` builds beside this test.
-fn broker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("cred-broker");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `make test` or `cargo build -p cred-broker` first",
-        bin.display()
-    );
-    bin
-}
-
 /// A running cred-broker, killed on drop.
 struct Broker(Child);
 
@@ -62,7 +50,7 @@ fn start_broker(dir: &Path, port: u16, admin: &Path) -> Broker {
         .append(true)
         .open(dir.join("broker.log"))
         .unwrap();
-    let child = Command::new(broker_binary())
+    let child = Command::new(support::workspace_binary("cred-broker"))
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", dir)
@@ -206,14 +194,7 @@ fn tenant_containers_get_the_customer_role_through_the_broker() {
     // The token file: owned by the tenant's remapped root, readable by nobody else.
     let token = dir.join("tokens").join(&name).join("token");
     let meta = std::fs::metadata(&token).unwrap();
-    let base: u32 = std::fs::read_to_string("/etc/subuid")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("m8t-{name}:")))
-        .and_then(|l| l.split(':').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let base = support::subuid_base(&name);
     assert_eq!((meta.uid(), meta.gid()), (base, base));
     assert_eq!(meta.mode() & 0o777, 0o400);
 
@@ -272,7 +253,7 @@ fn tenant_containers_get_the_customer_role_through_the_broker() {
     // Quarantine takes the tenant's registration and token away; lifting gives new ones.
     d.ok(&["quarantine", &name]);
     assert!(!token.exists(), "no token while quarantined");
-    let known = run(Command::new(broker_binary())
+    let known = run(Command::new(support::workspace_binary("cred-broker"))
         .args(["admin", "--socket"])
         .arg(&admin)
         .arg("list"));

@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 
 use support::{env, require_root, text, Cleanup, Daemon};
 
-/// The sni-proxy binary `cargo test --workspace` builds beside this test.
-fn proxy_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("sni-proxy");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `make test` or `cargo build -p sni-proxy` first",
-        bin.display()
-    );
-    bin
-}
-
 /// A running sni-proxy on loopback, killed on drop.
 struct Proxy {
     child: Child,
@@ -45,7 +33,7 @@ impl Proxy {
         let routes = dir.join("routes.toml");
         std::fs::write(&routes, "[limits]\n").unwrap();
         let admin = dir.join("proxy.sock");
-        let mut child = Command::new(proxy_binary())
+        let mut child = Command::new(support::workspace_binary("sni-proxy"))
             .arg("--routes")
             .arg(&routes)
             .args([

@@ -84,14 +84,7 @@ fn parameters_reach_the_tenant_as_files_and_rotate() {
     let created = d.ok(&["create", "-f", spec.to_str().unwrap()]);
 
     let secrets = dir.join("tenants").join(&name).join("secrets");
-    let base: u32 = std::fs::read_to_string("/etc/subuid")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("m8t-{name}:")))
-        .and_then(|l| l.split(':').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let base = support::subuid_base(&name);
     for leaf in LEAVES {
         let path = secrets.join(leaf);
         assert_eq!(

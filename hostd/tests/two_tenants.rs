@@ -42,19 +42,6 @@ fn host_uid(tenant: &str, container: &str) -> u64 {
         .unwrap()
 }
 
-/// The host's first subordinate uid of a tenant user, from /etc/subuid.
-fn subuid_base(tenant: &str) -> u64 {
-    let user = format!("m8t-{tenant}:");
-    std::fs::read_to_string("/etc/subuid")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&user))
-        .and_then(|l| l.split(':').next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// `curl` from the host (the test's own namespace) to a tenant container.
 fn http_get(ip: &str) -> Option<String> {
     let o = Command::new("curl")
@@ -163,12 +150,12 @@ fn two_tenants_are_isolated_from_each_other() {
     let (uid_a, uid_b) = (host_uid(&a, &a_web), host_uid(&b, &b_web));
     assert_eq!(
         uid_a,
-        subuid_base(&a),
+        u64::from(support::subuid_base(&a)),
         "A's root is A's first subordinate uid"
     );
     assert_eq!(
         uid_b,
-        subuid_base(&b),
+        u64::from(support::subuid_base(&b)),
         "B's root is B's first subordinate uid"
     );
     assert_ne!(uid_a, uid_b);

@@ -197,3 +197,28 @@ pub fn tenant_docker(name: &str, args: &[&str]) -> Output {
         .output()
         .unwrap()
 }
+
+/// The host's first subordinate uid of a tenant (its containers' root), from /etc/subuid.
+pub fn subuid_base(tenant: &str) -> u32 {
+    let user = format!("m8t-{tenant}:");
+    std::fs::read_to_string("/etc/subuid")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&user))
+        .and_then(|l| l.split(':').next())
+        .unwrap_or_else(|| panic!("no /etc/subuid line for {tenant}"))
+        .parse()
+        .unwrap()
+}
+
+/// A binary of another workspace crate, which `cargo test --workspace` builds beside this test.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make test` or `cargo build -p {name}` first",
+        bin.display()
+    );
+    bin
+}
