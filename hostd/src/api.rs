@@ -368,20 +368,11 @@ async fn logs(
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let mut filter = vec![format!(
-        "{}={}",
-        crate::compose::labels::PROJECT,
-        rec.spec.name.compose_project()
-    )];
-    if let Some(s) = &q.service {
-        filter.push(format!("{}={s}", crate::compose::labels::SERVICE));
-    }
+    let filter =
+        crate::compose::project_filter(&rec.spec.name.compose_project(), q.service.as_deref());
     let list = ListContainersOptionsBuilder::default()
         .all(true)
-        .filters(&std::collections::HashMap::from([(
-            "label".to_owned(),
-            filter,
-        )]))
+        .filters(&filter)
         .build();
     let containers = match docker.list_containers(Some(list)).await {
         Ok(c) => c,

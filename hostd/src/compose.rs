@@ -647,6 +647,18 @@ impl Plan {
     }
 }
 
+/// The `label` filter that lists a project's containers (or one service's) in its engine.
+pub fn project_filter(
+    project: &str,
+    service: Option<&str>,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let mut labels = vec![format!("{}={project}", labels::PROJECT)];
+    if let Some(s) = service {
+        labels.push(format!("{}={s}", labels::SERVICE));
+    }
+    std::collections::HashMap::from([("label".to_owned(), labels)])
+}
+
 /// One project in one tenant engine.
 pub struct Project<'a> {
     docker: &'a Docker,

@@ -244,14 +244,7 @@ impl Host {
             .connect()
             .await
             .ok_or_else(|| failed("engine does not answer".into()))?;
-        let filter = std::collections::HashMap::from([(
-            "label".to_owned(),
-            vec![format!(
-                "{}={}",
-                crate::compose::labels::PROJECT,
-                rec.spec.name.compose_project()
-            )],
-        )]);
+        let filter = crate::compose::project_filter(&rec.spec.name.compose_project(), None);
         let running = d
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
@@ -424,21 +417,10 @@ impl Host {
         use bollard::query_parameters::ListContainersOptionsBuilder;
         let engine = Engine::adopt(self.engine_config(r))?;
         let d = engine.connect().await?;
-        let filter = std::collections::HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!(
-                    "{}={}",
-                    crate::compose::labels::PROJECT,
-                    r.spec.name.compose_project()
-                ),
-                format!(
-                    "{}={}",
-                    crate::compose::labels::SERVICE,
-                    r.spec.ingress().service
-                ),
-            ],
-        )]);
+        let filter = crate::compose::project_filter(
+            &r.spec.name.compose_project(),
+            Some(&r.spec.ingress().service),
+        );
         let list = d
             .list_containers(Some(
                 ListContainersOptionsBuilder::default()
