@@ -3,11 +3,21 @@ SHELL := /bin/bash
 ENV_FILE ?= /var/lib/m8trx-test/env
 export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 
-.PHONY: test demo demo-down fmt-check clippy test-env unit build infra-check bench-proxy
+.PHONY: test demo demo-build demo-down fmt-check clippy test-env unit build infra-check bench-proxy vm-test vm-image fuzz-compose
 
-## test: formatting, lints, the real test environment, then every test of the workspace.
+## test: formatting, lints, the real test environment, every test of the workspace, then the VM tier.
 test: fmt-check clippy test-env infra-check
-	set -a && . "$(ENV_FILE)" && set +a && cargo test --workspace
+	set -a && . "$(ENV_FILE)" && set +a && cargo test --workspace --exclude m8trx-vm
+	$(MAKE) vm-test
+
+## vm-image: the VM tier's Debian 12 base disk (debootstrap + packer's 10/20 scripts), cached by input hash.
+vm-image: test-env
+	scripts/vm-image
+
+## vm-test: the shared host in a production-shaped guest (systemd, cgroup v2, AppArmor, nf_tables); prints its evidence.
+vm-test: test-env vm-image
+	cargo build --workspace --bins
+	set -a && . "$(ENV_FILE)" && set +a && cargo test -p m8trx-vm -- --nocapture
 
 fmt-check:
 	cargo fmt --all -- --check
@@ -23,15 +33,29 @@ infra-check:
 test-env:
 	scripts/test-env
 
+## build: release binaries for the AMI (packer reads target/release).
 build:
 	cargo build --workspace --release
+
+## demo-build: the three daemons the demo runs, in the dev profile (fast to build, and shared with `make test`).
+demo-build:
+	cargo build -p hostd -p sni-proxy -p cred-broker --bins
 
 ## bench-proxy: sni-proxy vs HAProxy, nginx stream, sniproxy and direct on loopback (not part of test).
 bench-proxy: test-env
 	cargo bench -p sni-proxy --bench compare
 
+## fuzz-compose: libFuzzer on hostd's compose loader, policy and plan (nightly + cargo-fuzz; not part of test).
+## FUZZ_RUNS (default 10000000) executions, seeded with the compose battery; prints the figure at the end.
+FUZZ_RUNS ?= 10000000
+fuzz-compose:
+	mkdir -p hostd/fuzz/corpus/compose_check
+	cp hostd/tests/compose/hostile/*.yml hostd/tests/compose/benign/*.yml hostd/fuzz/corpus/compose_check/
+	cd hostd/fuzz && cargo +nightly fuzz run compose_check corpus/compose_check -- -runs=$(FUZZ_RUNS) -max_len=8192 -rss_limit_mb=2048
+
 ## demo: a local shared host with two demo tenants behind sni-proxy; prints how to reach them.
-demo: build
+## Ports: M8TRX_DEMO_TLS_PORT (8443), M8TRX_DEMO_HTTP_PORT (8080) and the others scripts/demo lists.
+demo: demo-build
 	@scripts/demo
 
 ## demo-down: remove everything `make demo` made.

@@ -47,6 +47,16 @@ variable "binaries_dir" {
   default     = "../target/release"
 }
 
+variable "tailscale_image" {
+  description = "The tailscale sidecar image agent tenants get, pinned by digest (tailscale/tailscale@sha256:…); written to /etc/m8trx/hostd.env. Empty: no sidecar (hostd warns)."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.tailscale_image == "" || can(regex("@sha256:[0-9a-f]{64}$", var.tailscale_image))
+    error_message = "tailscale_image must be pinned by digest (…@sha256:<64 hex>) or empty."
+  }
+}
+
 variable "ami_name_prefix" {
   description = "AMI names are <prefix>-<UTC timestamp>."
   type        = string
@@ -143,6 +153,8 @@ build {
       "${path.root}/files/systemd/m8trx-broker-if.service",
       "${path.root}/files/systemd/m8trx-firewall.service",
       "${path.root}/files/systemd/m8trx-cwagent-config.service",
+      "${path.root}/files/systemd/m8trx-instance-env.service",
+      "${path.root}/files/systemd/docker-scope-stop.conf",
     ]
     destination = "${local.staging}/systemd/"
   }
@@ -159,7 +171,9 @@ build {
     sources = [
       "${path.root}/files/m8trx/m8trx-firewall",
       "${path.root}/files/m8trx/m8trx-cwagent-config",
+      "${path.root}/files/m8trx/m8trx-instance-env",
       "${path.root}/files/m8trx/rsyslog-m8trx.conf",
+      "${path.root}/files/m8trx/tmpfiles-m8trx.conf",
     ]
     destination = "${local.staging}/sbin/"
   }
@@ -178,6 +192,7 @@ build {
     execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
     environment_vars = [
       "M8TRX_STAGING=${local.staging}",
+      "M8TRX_TAILSCALE_IMAGE=${var.tailscale_image}",
       "DEBIAN_FRONTEND=noninteractive",
     ]
     scripts = [

@@ -4,29 +4,17 @@
 //! beta can read neither acme's volume nor its secrets (as beta's remapped root on the host)
 //! and cannot reach acme's containers; destroying acme leaves beta serving and nothing of
 //! acme behind (user, id ranges, mount, loop device, rules, route, broker registration,
-//! engine, cgroup). `scripts/demo down` runs at the end whatever happened.
+//! engine, cgroup). A port already in use stops it first, naming its variable.
+//! `scripts/demo down` runs at the end whatever happened.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use m8trx_e2e::require_root;
+use m8trx_e2e::{bin_dir, repo_root, require_root};
 
 const RUN: &str = "/run/m8trx-demo";
 const STATE: &str = "/var/lib/m8trx-demo";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Where `cargo test --workspace` put this build's binaries.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -37,9 +25,14 @@ fn text(o: &Output) -> String {
 }
 
 fn demo(arg: &str) -> Output {
-    Command::new(root().join("scripts/demo"))
+    demo_with(arg, &[])
+}
+
+fn demo_with(arg: &str, env: &[(&str, String)]) -> Output {
+    Command::new(repo_root().join("scripts/demo"))
         .arg(arg)
         .env("M8TRX_DEMO_BIN", bin_dir())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap()
 }
@@ -119,6 +112,27 @@ fn demo_tenants_are_served_isolated_and_acme_leaves_nothing() {
         !Path::new(RUN).exists(),
         "a demo is already running on this machine: `make demo-down` first"
     );
+    // A port already in use stops the demo before it starts anything, naming the variable.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let o = demo_with("up", &[("M8TRX_DEMO_TLS_PORT", port.clone())]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "port {port} (tcp, for sni-proxy) is already in use; set M8TRX_DEMO_TLS_PORT"
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(!Path::new(RUN).exists(), "nothing was started");
+    let o = demo_with("up", &[("M8TRX_DEMO_HTTP_PORT", "http".into())]);
+    assert!(
+        text(&o).contains("M8TRX_DEMO_HTTP_PORT=http is not a port number"),
+        "{}",
+        text(&o)
+    );
+    drop(busy);
+
     let _down = Down;
     let up = demo("up");
     assert!(up.status.success(), "make demo failed:\n{}", text(&up));

@@ -3,6 +3,9 @@
 //! `web` is healthy, compose labels let compose tooling list the project, and hostd's
 //! hardening holds inside the containers whatever the file asked for. The probe script is
 //! written with `$$` escapes, as compose requires, and hostd interpolates them as compose does.
+//! Translated keys reach the engine (deploy.resources, stop_grace_period, logging, tmpfs,
+//! environment from the tenant's variables), a service of an inactive profile does not start
+//! until its profile is activated, and a service dropped from the file loses its container.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
 use std::collections::HashMap;
@@ -14,6 +17,7 @@ use hostd::cgroup::Limits;
 use hostd::compose::{labels, Hardening, Project};
 use hostd::engine::Engine;
 use hostd::policy::check_compose;
+use hostd::spec::Template;
 use m8trx_e2e::tenant::{load_image, Tenant};
 use m8trx_e2e::{docker, env, logs, parse_status, require_root};
 
@@ -56,14 +60,30 @@ services:
   web:
     image: {image}
     command: ["sh", "-c", "echo hello-from-web > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
-    healthcheck: {{ test: ["CMD", "test", "-f", "/tmp/index.html"], interval: 1s, retries: 30 }}
+    healthcheck: {{ test: ["CMD", "test", "-f", "/tmp/index.html"], interval: 1s, retries: 20 }}
     mem_limit: 8g
+    pids_limit: 64
+    deploy: {{ resources: {{ limits: {{ cpus: "0.5" }}, reservations: {{ memory: 16m }} }} }}
+    stop_grace_period: 5s
+    logging: {{ driver: json-file, options: {{ max-size: 1m, max-file: "2" }} }}
+    tmpfs: ["/cache:size=8m"]
+    environment: [GREETING]
+  debug:
+    image: {image}
+    profiles: [debug]
+    command: ["sleep", "600"]
 volumes:
   data: {{}}
 "#,
         probe = PROBE
     );
-    let doc = check_compose(&compose).expect("the test project passes the policy");
+    // The file's 8g is within what the policy allows this tenant; hostd's hardening below
+    // still caps every container at its own maximum (256m).
+    let mut policy_limits = Template::Agent.default_limits();
+    policy_limits.memory = hostd::spec::ByteSize(16 << 30);
+    let vars = HashMap::from([("GREETING".to_owned(), "from-the-env-file".to_owned())]);
+    let doc =
+        check_compose(&compose, &vars, &policy_limits).expect("the test project passes the policy");
     let project_name = tenant.cfg.name.compose_project();
     let hardening = Hardening {
         security_opt: vec!["no-new-privileges:true".into()],
@@ -73,10 +93,14 @@ volumes:
         env: vec!["AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.23/v1/credentials".into()],
         binds: vec![],
         labels: HashMap::from([(labels::TENANT.to_owned(), tenant.cfg.name.to_string())]),
+        bridge_prefix: "m8t-9-".into(),
     };
     let project = Project::new(&d, project_name.clone(), hardening);
     let mut steps = Vec::new();
-    let order = project.deploy(&doc, &mut |s| steps.push(s)).await.unwrap();
+    let order = project
+        .deploy(&doc, &vars, &mut |s| steps.push(s))
+        .await
+        .unwrap();
     assert_eq!(
         order,
         [
@@ -128,6 +152,32 @@ volumes:
     );
     assert_eq!(hc.cap_drop, Some(vec!["ALL".into()]));
     assert_eq!(hc.readonly_rootfs, Some(true));
+    assert_eq!(hc.pids_limit, Some(64), "pids_limit");
+    assert_eq!(
+        hc.nano_cpus,
+        Some(500_000_000),
+        "deploy.resources.limits.cpus"
+    );
+    assert_eq!(hc.memory_reservation, Some(16 << 20), "reservations.memory");
+    let log = hc.log_config.unwrap();
+    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    assert_eq!(log.config.unwrap()["max-size"], "1m");
+    let tmpfs = hc.tmpfs.unwrap();
+    assert_eq!(tmpfs["/cache"], "rw,noexec,nosuid,nodev,size=8m");
+    let cfg = web.config.unwrap();
+    assert_eq!(cfg.stop_timeout, Some(5), "stop_grace_period");
+    assert!(
+        cfg.env
+            .unwrap()
+            .contains(&"GREETING=from-the-env-file".to_owned()),
+        "an environment key without a value takes the tenant's variable"
+    );
+    assert!(
+        d.inspect_container(&format!("{project_name}-debug-1"), None)
+            .await
+            .is_err(),
+        "a service of an inactive profile does not start"
+    );
 
     // What `docker compose -p <project> ps -a` asks the engine for.
     let filters = HashMap::from([(
@@ -179,12 +229,38 @@ volumes:
 
     // A second deploy changes nothing that is running and unchanged.
     let mut again = Vec::new();
-    project.deploy(&doc, &mut |s| again.push(s)).await.unwrap();
+    project
+        .deploy(&doc, &vars, &mut |s| again.push(s))
+        .await
+        .unwrap();
     assert!(
         again
             .iter()
             .any(|s| s == &format!("{project_name}-web-1 up to date")),
         "{again:?}"
+    );
+
+    // The debug profile activated, and probe dropped from the file: debug starts, probe's
+    // container is removed (hostd owns the project; an orphan would run unrecorded).
+    let mut vars2 = vars.clone();
+    vars2.insert("COMPOSE_PROFILES".into(), "debug".into());
+    let mut doc2 = doc.clone();
+    doc2.services.remove("probe");
+    let mut third = Vec::new();
+    let order = project
+        .deploy(&doc2, &vars2, &mut |s| third.push(s))
+        .await
+        .unwrap();
+    assert_eq!(
+        order,
+        [
+            format!("{project_name}-debug-1"),
+            format!("{project_name}-web-1")
+        ]
+    );
+    assert!(
+        d.inspect_container(&probe, None).await.is_err(),
+        "the dropped service's container is removed: {third:?}"
     );
 
     drop(engine);

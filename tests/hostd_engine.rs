@@ -35,7 +35,11 @@ async fn tenant_engine_remaps_root_charges_its_cgroup_and_survives_restart() {
         tenant.base,
     );
     let cg = tenant.cgroup();
-    assert_eq!(cg.docker_parent(), cfg.cgroup_parent);
+    assert!(
+        cfg.args()
+            .contains(&format!("--cgroup-parent={}", cg.docker_parent())),
+        "dockerd's containers go below the tenant's workload cgroup"
+    );
 
     let mut engine = Engine::start(cfg.clone()).unwrap();
     let d = engine.wait_ready(Duration::from_secs(60)).await.unwrap();
@@ -83,14 +87,26 @@ async fn tenant_engine_remaps_root_charges_its_cgroup_and_survives_restart() {
         host_uid, base,
         "container root must be {user}'s first subordinate uid"
     );
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let mem_line = cgroups
-        .lines()
-        .find(|l| l.contains(":memory:") || l.starts_with("0::"))
-        .unwrap();
+    // A process's memory cgroup (v1) or unified cgroup (v2), and the whole file for messages.
+    let memory_cgroup = |pid: u32| -> (String, String) {
+        let all = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let line = all
+            .lines()
+            .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+            .unwrap()
+            .to_owned();
+        (line, all)
+    };
+    let (mem_line, cgroups) = memory_cgroup(u32::try_from(pid).unwrap());
     assert!(
-        mem_line.contains(&format!("/m8trx/{name}/")),
-        "container not in the tenant cgroup: {cgroups}"
+        mem_line.contains(&format!("/m8trx/{name}/workload/")),
+        "container not in the tenant's workload cgroup: {cgroups}"
+    );
+    // The engine itself is charged to the tenant too, beside its containers.
+    let (engine_mem, engine_cgroups) = memory_cgroup(engine.pid());
+    assert!(
+        engine_mem.ends_with(&format!("/m8trx/{name}/engine")),
+        "dockerd not in the tenant's engine cgroup: {engine_cgroups}"
     );
     assert!(
         cg.pids_current().unwrap() >= 1,

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use hostd::engine::Engine;
-use hostd::lifecycle::{Desired, Host, HostConfig, STEPS};
+use hostd::host::{Host, HostConfig};
 use hostd::network::{Firewall, HostServices};
+use hostd::record::Desired;
 use hostd::spec::TenantSpec;
+use hostd::steps::STEPS;
 use m8trx_e2e::{env, require_root, tenant::leftovers};
 
 fn name() -> String {
@@ -131,6 +133,13 @@ fn main() {
             .join(format!("profiles/apparmor/m8trx-tenant-{}", name()))
             .exists(),
         "profiles installed"
+    );
+
+    // Every step's check agrees that its effect is in place.
+    assert_eq!(
+        rt.block_on(h.drift(&rec)),
+        vec![],
+        "steps not in place after reconcile"
     );
 
     // A second reconcile (another restart) changes nothing: the same engine process.

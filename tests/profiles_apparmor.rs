@@ -111,8 +111,10 @@ fn rendered_profile_has_the_tenant_rules() {
         "deny /sys/** wklx,",
         "deny @{PROC}/sysrq-trigger rwklx,",
         "deny @{PROC}/kcore rwklx,",
-        "deny network raw,",
-        "deny network packet,",
+        "audit deny network inet raw,",
+        "audit deny network inet6 raw,",
+        "audit deny network packet,",
+        "network netlink raw,",
         "ptrace (trace,read,tracedby,readby) peer=m8trx-tenant-acme,",
         "signal (send,receive) peer=m8trx-tenant-acme,",
     ] {

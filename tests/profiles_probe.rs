@@ -27,29 +27,10 @@ pub fn scratch() -> PathBuf {
 pub fn probe() -> &'static Path {
     static PROBE: OnceLock<PathBuf> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seccomp/probe/probe.rs");
         let dir = scratch().join("probe");
         std::fs::create_dir_all(&dir).expect("creating the probe directory");
         let out = dir.join("probe");
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-        let st = Command::new(&rustc)
-            .args([
-                "--edition",
-                "2021",
-                "-O",
-                "-C",
-                "target-feature=+crt-static",
-                "-o",
-            ])
-            .arg(&out)
-            .arg(&src)
-            .output()
-            .unwrap_or_else(|e| panic!("running {rustc} to build the probe: {e}"));
-        assert!(
-            st.status.success(),
-            "building the static probe failed (needs rustc and libc6-dev's libc.a):\n{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        m8trx_e2e::build_probe(&out);
         out
     })
 }

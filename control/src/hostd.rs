@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use aws_sdk_ssm::types::CommandInvocationStatus;
+use m8trx_spec::TenantSpec;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -12,65 +13,10 @@ use crate::config::ControlConfig;
 use crate::error::{ControlError, Result};
 use crate::progress::Progress;
 
-/// Version of the tenant spec control sends; hostd refuses versions it does not know.
-pub const TENANT_SPEC_VERSION: u32 = 1;
 /// Where the spec file is written on the host (root-only tmpfs).
 pub const SPEC_DIR: &str = "/run/m8trx/control";
 /// SSM document that runs a shell script as root.
 pub const DOCUMENT: &str = "AWS-RunShellScript";
-
-/// Aggregate limits of the tenant's cgroup, in hostd's spec units.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Limits {
-    /// CPU cores in aggregate (e.g. 0.5).
-    pub cpu: f64,
-    /// Memory ceiling, e.g. `1024Mi`.
-    pub memory: String,
-    /// Process count.
-    pub pids: u32,
-    /// Disk quota: the volume size, e.g. `30Gi` (EBS sizes are GiB).
-    pub disk: String,
-}
-
-/// The tenant's data volume as hostd finds it: by the EBS volume id (NVMe serial).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VolumeRef {
-    /// EBS volume id.
-    pub ebs: String,
-}
-
-/// The customer role hostd (secrets) and the broker (containers) assume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RoleRef {
-    /// Role ARN.
-    pub arn: String,
-    /// ExternalId the role's trust policy requires of the shared host.
-    pub external_id: String,
-}
-
-/// The tenant spec control hands to `hostd ctl create -f`, in hostd's own format
-/// (`hostd/src/spec.rs`; a test parses it with hostd's parser). No secret in it: hostd reads
-/// the six SSM parameters itself with the customer's role, and derives the UID, SSM prefix
-/// and tailscale tag from the name.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TenantSpec {
-    /// [`TENANT_SPEC_VERSION`].
-    pub version: u32,
-    /// Customer name.
-    pub name: String,
-    /// `agent` or `baseline`.
-    pub template: String,
-    /// Public hostnames routed to the tenant.
-    pub subdomains: Vec<String>,
-    /// `passthrough` (agent: the tenant's own Caddy terminates TLS) or `terminate` (baseline).
-    pub tls: String,
-    /// Aggregate cgroup limits.
-    pub limits: Limits,
-    /// The tenant volume.
-    pub volume: VolumeRef,
-    /// The customer role.
-    pub role: RoleRef,
-}
 
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -81,7 +27,7 @@ pub fn create_commands(spec: &TenantSpec) -> Result<Vec<String>> {
     let json = serde_json::to_string(spec)
         .map_err(|e| ControlError::Conflict(format!("cannot serialise the tenant spec: {e}")))?;
     let file = format!("{SPEC_DIR}/{}.json", spec.name);
-    let name = quote(&spec.name);
+    let name = quote(spec.name.as_str());
     Ok(vec![
         "set -eu".to_owned(),
         format!("install -d -m 0700 {SPEC_DIR}"),
@@ -371,25 +317,27 @@ mod tests {
     use super::*;
 
     fn spec() -> TenantSpec {
+        use m8trx_spec::tenant::{ByteSize, Limits, Role, Template, TlsMode, VolumeSource};
         TenantSpec {
-            version: TENANT_SPEC_VERSION,
-            name: "acme".into(),
-            template: "agent".into(),
+            version: m8trx_spec::tenant::SPEC_VERSION,
+            name: m8trx_spec::CustomerName::parse("acme").unwrap(),
+            template: Template::Agent,
             subdomains: vec!["acme.m8trx.ai".into()],
-            tls: "passthrough".into(),
+            tls: Some(TlsMode::Passthrough),
             limits: Limits {
                 cpu: 0.5,
-                memory: "1024Mi".into(),
+                memory: ByteSize(1024 << 20),
                 pids: 4096,
-                disk: "30Gi".into(),
+                disk: ByteSize(30 << 30),
+                io_read: m8trx_spec::tenant::DEFAULT_IO_READ,
+                io_write: m8trx_spec::tenant::DEFAULT_IO_WRITE,
             },
-            volume: VolumeRef {
-                ebs: "vol-0123456789abcdef0".into(),
-            },
-            role: RoleRef {
+            volume: VolumeSource::Ebs("vol-0123456789abcdef0".into()),
+            role: Role {
                 arn: "arn:aws:iam::123456789012:role/m8trx-customer-acme".into(),
                 external_id: "ext-acme-0001".into(),
             },
+            ingress: None,
         }
     }
 

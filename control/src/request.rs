@@ -207,25 +207,8 @@ pub struct DeploySpec {
     pub secrets: Secrets,
 }
 
-/// Checks a DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
-pub fn check_dns_label(label: &str) -> Result<(), String> {
-    if label.is_empty() || label.len() > 63 {
-        return Err(format!(
-            "must be 1 to 63 characters long, got {}",
-            label.len()
-        ));
-    }
-    if let Some(bad) = label
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(format!("may contain only a-z, 0-9 and '-', found {bad:?}"));
-    }
-    if label.starts_with('-') || label.ends_with('-') {
-        return Err("must not start or end with '-'".to_owned());
-    }
-    Ok(())
-}
+/// Checks a DNS label (the shared rule of the model crate).
+pub use m8trx_spec::check_dns_label;
 
 impl DeployRequest {
     /// Validates every field and returns all failures at once, each naming its field.

@@ -9,13 +9,14 @@ use serde::Serialize;
 use crate::config::{Clients, ControlConfig};
 use crate::ec2::{attached_to, customer_volumes, wait_volume};
 use crate::error::{ControlError, Result};
-use crate::hostd::{self, Limits, RoleRef, TenantSpec, VolumeRef, TENANT_SPEC_VERSION};
+use crate::hostd;
 use crate::identity::CustomerIdentity;
 use crate::inventory::{self, Host, Need, Reservation};
 use crate::progress::Progress;
 use crate::request::{DeploySpec, Template};
 use crate::tags;
 use crate::userdata;
+use m8trx_spec::tenant::{self as tenant, ByteSize, TenantSpec, VolumeSource};
 
 /// Process limit of a tenant's aggregate cgroup.
 pub const TENANT_PIDS: u32 = 4096;
@@ -49,7 +50,7 @@ pub fn tenant_spec(
     spec: &DeploySpec,
     config: &ControlConfig,
     identity: &CustomerIdentity,
-    volume: VolumeRef,
+    volume: VolumeSource,
 ) -> Result<TenantSpec> {
     let external_id = identity.external_id.clone().ok_or_else(|| {
         ControlError::Missing(format!(
@@ -58,28 +59,41 @@ pub fn tenant_spec(
             identity.role_arn
         ))
     })?;
-    Ok(TenantSpec {
-        version: TENANT_SPEC_VERSION,
-        name: spec.name.to_string(),
-        template: spec.template.as_str().to_owned(),
+    let tspec = TenantSpec {
+        version: tenant::SPEC_VERSION,
+        name: spec.name.clone(),
+        template: match spec.template {
+            Template::Agent => tenant::Template::Agent,
+            Template::Baseline => tenant::Template::Baseline,
+        },
         subdomains: vec![userdata::hostname(spec, &config.platform_domain)],
-        tls: match spec.template {
-            Template::Agent => "passthrough",
-            Template::Baseline => "terminate",
-        }
-        .to_owned(),
-        limits: Limits {
+        tls: Some(match spec.template {
+            Template::Agent => tenant::TlsMode::Passthrough,
+            Template::Baseline => tenant::TlsMode::Terminate,
+        }),
+        limits: tenant::Limits {
             cpu: spec.instance.shared_cpu_millis as f64 / 1000.0,
-            memory: format!("{}Mi", spec.instance.shared_memory_mib),
+            memory: ByteSize(spec.instance.shared_memory_mib << 20),
             pids: TENANT_PIDS,
-            disk: format!("{}Gi", spec.volume_size_gb),
+            disk: ByteSize(u64::try_from(spec.volume_size_gb).unwrap_or(0) << 30),
+            io_read: tenant::DEFAULT_IO_READ,
+            io_write: tenant::DEFAULT_IO_WRITE,
         },
         volume,
-        role: RoleRef {
+        role: tenant::Role {
             arn: identity.role_arn.clone(),
             external_id,
         },
-    })
+        ingress: None,
+    };
+    // The same rules hostd applies, here, before anything is placed or attached.
+    tspec.validate().map_err(|e| {
+        ControlError::Conflict(format!(
+            "the tenant spec for {} breaks hostd's rules: {e}",
+            spec.name
+        ))
+    })?;
+    Ok(tspec)
 }
 
 /// Read-only check that a deploy can be placed: an existing reservation, or a host with room.
@@ -294,14 +308,7 @@ pub async fn deploy(
     let device = ensure_attached(clients, config, &host, &volume_id, progress).await?;
     set_state(clients, &host.instance_id, &mut reservation, "attached").await?;
 
-    let tspec = tenant_spec(
-        spec,
-        config,
-        identity,
-        VolumeRef {
-            ebs: volume_id.clone(),
-        },
-    )?;
+    let tspec = tenant_spec(spec, config, identity, VolumeSource::Ebs(volume_id.clone()))?;
     let lines = hostd::run(
         &clients.ssm,
         config,

@@ -539,7 +539,8 @@ async fn shared_flow_places_attaches_drives_hostd_resumes_and_deletes_everything
         format!("\"volume\":{{\"ebs\":\"{}\"}}", p.volume_id),
         format!(":role/m8trx-{name}\""),
         format!("\"external_id\":\"ext-{name}\""),
-        "\"memory\":\"1024Mi\"".to_owned(),
+        // 1024 MiB: the typed spec (m8trx_spec::tenant) sends byte counts.
+        format!("\"memory\":{}", 1024u64 << 20),
         "\"tls\":\"passthrough\"".to_owned(),
         format!("hostd ctl create -f /run/m8trx/control/{name}.json --json"),
     ] {

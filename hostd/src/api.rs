@@ -1,7 +1,10 @@
 //! hostd's HTTP/JSON API on a root-only unix socket, what `hostd ctl` talks to.
 //! Long operations answer with a stream of JSON lines — `{"progress": "..."}` as each step
 //! starts, then one `{"ok": ...}` or `{"error": "..."}` — so the CLI shows progress live.
-//! Operations are serialised: one tenant change at a time on a host.
+//! Each request becomes one [`Action`] ([`crate::action`]); changes to one tenant are
+//! serialised by that tenant's lock, and never wait for another tenant's. Errors carry a
+//! `kind` (see [`ErrorKind`]) that decides the HTTP status and `hostd ctl`'s exit code.
+//! `logs` and `images` talk to the tenant's engine directly: they change no record.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,25 +17,24 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
+use crate::action::{Action, Outcome};
 use crate::engine::Engine;
-use crate::lifecycle::{Host, Record};
+use crate::error::{ErrorKind, HostError};
+use crate::host::{Host, Listed};
+use crate::record::Record;
 use crate::spec::TenantSpec;
 
-/// Shared daemon state: the host and the lock that serialises changes.
+/// Shared daemon state: the host, whose operations lock per tenant.
 pub struct Daemon {
     host: Host,
-    changes: Mutex<()>,
 }
 
 impl Daemon {
     /// Wraps an opened host.
     pub fn new(host: Host) -> Arc<Self> {
-        Arc::new(Self {
-            host,
-            changes: Mutex::new(()),
-        })
+        Arc::new(Self { host })
     }
 
     /// The host behind the API.
@@ -41,12 +43,11 @@ impl Daemon {
     }
 }
 
-/// Restarts dead engines every `every`, taking the change lock so it never races a
-/// create, stop or destroy. Runs for the daemon's life.
+/// Restarts dead engines and refreshes broker tokens every `every`; a tenant being changed
+/// is skipped that round. Runs for the daemon's life.
 pub async fn supervise(d: Arc<Daemon>, every: std::time::Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let _serial = d.changes.lock().await;
         let (restarted, errors) = d
             .host
             .supervise(&mut |line| tracing::warn!(target: "supervise", "{line}"))
@@ -90,21 +91,20 @@ pub async fn serve(d: Arc<Daemon>, socket: &Path) -> std::io::Result<()> {
     axum::serve(listener, router(d)).await
 }
 
-/// The tenant's record, or the 404/500 response to send instead.
-#[allow(clippy::result_large_err)] // the Err is the HTTP answer itself, returned at once
-fn existing(d: &Daemon, name: &str) -> Result<Record, Response> {
-    match d.host.record(name) {
-        Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no tenant named {name:?}"),
-        )),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
+/// The JSON error line of a failure: its message and its kind.
+fn error_line(kind: ErrorKind, message: impl Into<String>) -> Value {
+    json!({ "error": message.into(), "kind": kind })
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// An error answered at once, with the kind's HTTP status.
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    let status =
+        StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(error_line(kind, message))).into_response()
+}
+
+fn host_error(e: &HostError) -> Response {
+    error(e.kind(), e.to_string())
 }
 
 fn summary(d: &Daemon, r: &Record) -> Value {
@@ -119,44 +119,74 @@ fn summary(d: &Daemon, r: &Record) -> Value {
         "engine_rss_bytes": engine.as_ref().and_then(Engine::rss_bytes),
         "quarantined": r.quarantined,
         "subdomains": r.spec.subdomains,
+        "deployment": r.deployment.as_ref().map(|dep| json!({
+            "revision": dep.revision,
+            "accepted_at": dep.accepted_at,
+            "deployed_at": dep.deployed_at,
+            "error": dep.error,
+        })),
     })
 }
 
+/// Encodes what an action produced.
+fn outcome(d: &Daemon, o: Outcome) -> Value {
+    match o {
+        Outcome::Tenant(r) => summary(d, &r),
+        Outcome::Deployed { record, containers } => json!({
+            "project": record.spec.name.compose_project(),
+            "revision": record.deployment.as_ref().map(|dep| dep.revision),
+            "containers": containers,
+        }),
+        Outcome::Rotated { tenant, restarted } => {
+            json!({ "tenant": tenant, "restarted": restarted })
+        }
+        Outcome::Destroyed { tenant, wiped } => json!({ "destroyed": tenant, "wiped": wiped }),
+    }
+}
+
 async fn list(State(d): State<Arc<Daemon>>) -> Response {
-    match d.host.records() {
-        Ok(rs) => Json(rs.iter().map(|r| summary(&d, r)).collect::<Vec<_>>()).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match d.host.list() {
+        Ok(entries) => Json(
+            entries
+                .iter()
+                .map(|e| match e {
+                    Listed::Tenant(r) => summary(&d, r),
+                    Listed::Broken { name, reason } => json!({ "name": name, "broken": reason }),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => host_error(&e),
     }
 }
 
 async fn status(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
-    match existing(&d, &name) {
-        Ok(r) => Json(summary(&d, &r)).into_response(),
-        Err(resp) => resp,
+    match d.host.existing(&name) {
+        Ok(r) => {
+            let mut v = summary(&d, &r);
+            v["steps_not_in_place"] = json!(d.host.drift(&r).await);
+            Json(v).into_response()
+        }
+        Err(e) => host_error(&e),
     }
 }
 
-/// Runs `op` in the background, streaming its progress and result as JSON lines.
-fn stream<F>(d: Arc<Daemon>, op: F) -> Response
-where
-    F: for<'a> FnOnce(
-            &'a Daemon,
-            &'a mut (dyn FnMut(String) + Send),
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Value, String>> + Send + 'a>,
-        > + Send
-        + 'static,
-{
+/// Runs `action` in the background, streaming its progress and then its outcome (or its
+/// error with its kind) as JSON lines. The task runs to the end even if the client goes.
+fn execute(d: Arc<Daemon>, action: Action) -> Response {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
-        let _serial = d.changes.lock().await;
         let progress_tx = tx.clone();
         let mut progress = move |line: String| {
             let _ = progress_tx.send(Bytes::from(format!("{}\n", json!({ "progress": line }))));
         };
-        let end = match op(&d, &mut progress).await {
-            Ok(v) => json!({ "ok": v }),
-            Err(e) => json!({ "error": e }),
+        let tenant = action.tenant().to_owned();
+        let end = match d.host.execute(action, &mut progress).await {
+            Ok(o) => json!({ "ok": outcome(&d, o) }),
+            Err(e) => {
+                tracing::warn!(%tenant, kind = ?e.kind(), "{e}");
+                error_line(e.kind(), e.to_string())
+            }
         };
         let _ = tx.send(Bytes::from(format!("{end}\n")));
     });
@@ -168,29 +198,23 @@ where
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(body))
-        .unwrap_or_else(|_| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "building the response failed",
-            )
-        })
+        .unwrap_or_else(|_| error(ErrorKind::Failed, "building the response failed"))
+}
+
+/// Answers at once when the tenant does not exist; the action re-reads it under its lock.
+#[allow(clippy::result_large_err)] // the Err is the HTTP answer itself, returned at once
+fn known(d: &Daemon, name: &str) -> Result<(), Response> {
+    d.host
+        .existing(name)
+        .map(|_| ())
+        .map_err(|e| host_error(&e))
 }
 
 async fn create(State(d): State<Arc<Daemon>>, body: String) -> Response {
-    let spec = match TenantSpec::parse(&body) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    stream(d, move |d, progress| {
-        Box::pin(async move {
-            let r = d
-                .host
-                .create(spec, progress)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(summary(d, &r))
-        })
-    })
+    match TenantSpec::parse(&body) {
+        Ok(spec) => execute(d, Action::Create(Box::new(spec))),
+        Err(e) => error(ErrorKind::Refused, e.to_string()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -204,18 +228,10 @@ async fn destroy(
     UrlPath(name): UrlPath<String>,
     Query(q): Query<DestroyQuery>,
 ) -> Response {
-    if let Err(resp) = existing(&d, &name) {
+    if let Err(resp) = known(&d, &name) {
         return resp;
     }
-    stream(d, move |d, progress| {
-        Box::pin(async move {
-            d.host
-                .destroy(&name, q.wipe, progress)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!({ "destroyed": name, "wiped": q.wipe }))
-        })
-    })
+    execute(d, Action::Destroy { name, wipe: q.wipe })
 }
 
 async fn deploy(
@@ -223,89 +239,39 @@ async fn deploy(
     UrlPath(name): UrlPath<String>,
     body: String,
 ) -> Response {
-    let mut doc = match crate::policy::check_compose(&body) {
-        Ok(doc) => doc,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    };
-    let rec = match existing(&d, &name) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    if rec.spec.template == crate::spec::Template::Agent {
-        if let Some(ts) = d.host.tailscale() {
-            if let Err(e) = crate::tailscale::add_sidecar(&mut doc, ts, rec.spec.name.as_str()) {
-                return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
-            }
+    let bundle: crate::compose::Bundle = match serde_json::from_str(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                ErrorKind::Refused,
+                format!("the deploy body must be JSON {{\"compose\": \"<compose file>\", \"env\": {{\"VAR\": \"value\"}}}} (as `hostd ctl deploy` sends it): {e}"),
+            )
         }
-    }
-    stream(d, move |d, progress| {
-        Box::pin(async move {
-            let engine = Engine::adopt(d.host.engine_config(&rec))
-                .ok_or_else(|| format!("tenant {name}: engine is not running; run `hostd ctl create` again to resume it"))?;
-            let docker = engine
-                .connect()
-                .await
-                .ok_or_else(|| format!("tenant {name}: engine does not answer"))?;
-            let hardening = d.host.hardening(&rec).map_err(|e| e.to_string())?;
-            let project =
-                crate::compose::Project::new(&docker, rec.spec.name.compose_project(), hardening);
-            let started = project
-                .deploy(&doc, progress)
-                .await
-                .map_err(|e| e.to_string())?;
-            d.host.sync_routes(&rec, progress).await?;
-            Ok(json!({ "project": rec.spec.name.compose_project(), "containers": started }))
-        })
-    })
-}
-
-/// Which lifecycle change a plain POST asks for.
-#[derive(Clone, Copy)]
-enum Change {
-    Stop,
-    Start,
-    Quarantine(bool),
-}
-
-fn change(d: Arc<Daemon>, name: String, what: Change) -> Response {
-    if let Err(resp) = existing(&d, &name) {
+    };
+    if let Err(resp) = known(&d, &name) {
         return resp;
     }
-    stream(d, move |d, progress| {
-        Box::pin(async move {
-            let r = match what {
-                Change::Stop => d.host.stop(&name, progress).await,
-                Change::Start => d.host.start(&name, progress).await,
-                Change::Quarantine(on) => d.host.quarantine(&name, on, progress).await,
-            }
-            .map_err(|e| e.to_string())?;
-            Ok(summary(d, &r))
-        })
-    })
+    // The policy runs in the executor, under the tenant's lock, with the tenant's limits.
+    execute(d, Action::Deploy { name, bundle })
+}
+
+fn change(d: Arc<Daemon>, action: Action) -> Response {
+    if let Err(resp) = known(&d, action.tenant()) {
+        return resp;
+    }
+    execute(d, action)
 }
 
 async fn rotate_secrets(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
-    if let Err(resp) = existing(&d, &name) {
-        return resp;
-    }
-    stream(d, move |d, progress| {
-        Box::pin(async move {
-            let restarted = d
-                .host
-                .rotate_secrets(&name, progress)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!({ "tenant": name, "restarted": restarted }))
-        })
-    })
+    change(d, Action::RotateSecrets(name))
 }
 
 async fn stop(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
-    change(d, name, Change::Stop)
+    change(d, Action::Stop(name))
 }
 
 async fn start(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
-    change(d, name, Change::Start)
+    change(d, Action::Start(name))
 }
 
 #[derive(Deserialize)]
@@ -324,24 +290,20 @@ async fn quarantine(
     UrlPath(name): UrlPath<String>,
     Query(q): Query<QuarantineQuery>,
 ) -> Response {
-    change(d, name, Change::Quarantine(q.on))
+    change(
+        d,
+        if q.on {
+            Action::Quarantine(name)
+        } else {
+            Action::Release(name)
+        },
+    )
 }
 
 /// A client for a tenant's running engine, or the error response to send.
 async fn tenant_engine(d: &Daemon, name: &str) -> Result<(Record, bollard::Docker), Response> {
-    let rec = existing(d, name)?;
-    let engine = Engine::adopt(d.host.engine_config(&rec)).ok_or_else(|| {
-        error(
-            StatusCode::CONFLICT,
-            format!("tenant {name}: engine is not running (stopped? run `hostd ctl start {name}`)"),
-        )
-    })?;
-    let docker = engine.connect().await.ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("tenant {name}: engine does not answer; see its log"),
-        )
-    })?;
+    let rec = d.host.existing(name).map_err(|e| host_error(&e))?;
+    let docker = d.host.docker(&rec).await.map_err(|e| host_error(&e))?;
     Ok((rec, docker))
 }
 
@@ -376,11 +338,16 @@ async fn logs(
         .build();
     let containers = match docker.list_containers(Some(list)).await {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("listing containers: {e}")),
+        Err(e) => {
+            return error(
+                ErrorKind::Unavailable,
+                format!("tenant {name}: listing containers: {e}"),
+            )
+        }
     };
     if containers.is_empty() {
         return error(
-            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
             match &q.service {
                 Some(s) => format!("tenant {name} has no container of service {s:?}"),
                 None => format!("tenant {name} has no containers; deploy a project first"),
@@ -419,13 +386,11 @@ async fn logs(
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(body))
-        .unwrap_or_else(|_| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "building the response failed",
-            )
-        })
+        .unwrap_or_else(|_| error(ErrorKind::Failed, "building the response failed"))
 }
+
+/// How long one image load may take.
+const IMAGE_LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// Loads an image tarball (`docker save` format) into the tenant's engine: how images
 /// arrive on hosts without a registry. The body streams; nothing is buffered whole.
@@ -440,6 +405,9 @@ async fn load_image(
         Ok(x) => x,
         Err(resp) => return resp,
     };
+    // An image of a few hundred MB on a busy host takes longer than the engine client's
+    // default request timeout: a load has its own bound.
+    let docker = docker.with_timeout(IMAGE_LOAD_TIMEOUT);
     let mut load = docker.import_image_stream(
         ImportImageOptionsBuilder::default().quiet(true).build(),
         body.into_data_stream(),
@@ -450,7 +418,7 @@ async fn load_image(
         match step {
             Ok(info) => {
                 if let Some(err) = info.error_detail.and_then(|e| e.message) {
-                    return error(StatusCode::UNPROCESSABLE_ENTITY, format!("loading the image: {err}"));
+                    return error(ErrorKind::Refused, format!("loading the image: {err}"));
                 }
                 if let Some(s) = info.stream {
                     let s = s.trim();
@@ -462,9 +430,18 @@ async fn load_image(
                     }
                 }
             }
+            Err(bollard::errors::Error::RequestTimeoutError) => {
+                return error(
+                    ErrorKind::Failed,
+                    format!(
+                        "loading the image into tenant {name}'s engine did not finish within {} s; check the engine's log and the host's load, then retry",
+                        IMAGE_LOAD_TIMEOUT.as_secs()
+                    ),
+                )
+            }
             Err(e) => {
                 return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorKind::Refused,
                     format!("loading the image into tenant {name}'s engine: {e}; is it a `docker save` tarball?"),
                 )
             }

@@ -10,17 +10,20 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-/// Exit codes of `hostd ctl`, documented in `--help`.
+/// Exit codes of `hostd ctl`, documented in `--help`; hostd's own refusals and failures
+/// exit with their [`ErrorKind::exit_code`].
 pub mod exit {
     /// The operation succeeded.
     pub const OK: i32 = 0;
-    /// hostd refused or the operation failed; the message says why.
+    /// The operation failed; the message says why.
     pub const FAILED: i32 = 1;
     /// Bad command line or input file.
     pub const USAGE: i32 = 2;
     /// hostd could not be reached on its socket.
     pub const UNREACHABLE: i32 = 3;
 }
+
+use crate::error::ErrorKind;
 
 /// A failed `ctl` call: the message for the operator and the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +127,7 @@ pub async fn run(
 ) -> Result<Value, CtlError> {
     use std::io::Write;
     let mut result = None;
-    let mut err = None;
+    let mut err: Option<(String, Option<ErrorKind>)> = None;
     let status = call(socket, method, path, body, &mut |v| {
         if let (Some(c), Some(l)) = (
             v.get("container").and_then(Value::as_str),
@@ -146,11 +149,15 @@ pub async fn run(
                 eprintln!("  {p}");
             }
         } else if let Some(e) = v.get("error") {
-            err = Some(
+            let kind = v
+                .get("kind")
+                .and_then(|k| serde_json::from_value::<ErrorKind>(k.clone()).ok());
+            err = Some((
                 e.as_str()
                     .map(str::to_owned)
                     .unwrap_or_else(|| e.to_string()),
-            );
+                kind,
+            ));
         } else if let Some(ok) = v.get("ok") {
             result = Some(ok.clone());
         } else {
@@ -158,11 +165,18 @@ pub async fn run(
         }
     })
     .await?;
-    if let Some(e) = err {
-        return Err(fail(exit::FAILED, format!("hostd: {e}")));
+    if let Some((e, kind)) = err {
+        let kind = kind.unwrap_or_else(|| match status {
+            200..=299 => ErrorKind::Failed,
+            s => ErrorKind::from_http_status(s),
+        });
+        return Err(fail(kind.exit_code(), format!("hostd: {e}")));
     }
     if !(200..300).contains(&status) {
-        return Err(fail(exit::FAILED, format!("hostd answered HTTP {status}")));
+        return Err(fail(
+            ErrorKind::from_http_status(status).exit_code(),
+            format!("hostd answered HTTP {status}"),
+        ));
     }
     Ok(result.unwrap_or(Value::Null))
 }
@@ -170,11 +184,15 @@ pub async fn run(
 /// Renders tenant summaries as a table for humans.
 pub fn table(tenants: &[Value]) -> String {
     let mut out = format!(
-        "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {}\n",
-        "NAME", "TEMPLATE", "SLOT", "DESIRED", "ENGINE", "RSS MiB", "NETWORK"
+        "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {:<11} {}\n",
+        "NAME", "TEMPLATE", "SLOT", "DESIRED", "ENGINE", "RSS MiB", "NETWORK", "REVISION"
     );
     for t in tenants {
         let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+        if let Some(reason) = t.get("broken").and_then(Value::as_str) {
+            out.push_str(&format!("{:<24} broken: {reason}\n", s("name")));
+            continue;
+        }
         let pid = t
             .get("engine_pid")
             .and_then(Value::as_u64)
@@ -191,21 +209,103 @@ pub fn table(tenants: &[Value]) -> String {
         } else {
             "open"
         };
+        let revision = match t.get("deployment").filter(|d| !d.is_null()) {
+            None => "-".to_owned(),
+            Some(d) => {
+                let n = d.get("revision").and_then(Value::as_u64).unwrap_or(0);
+                if d.get("error").is_some_and(|e| !e.is_null()) {
+                    format!("{n} (failed)")
+                } else if d.get("deployed_at").is_some_and(|e| !e.is_null()) {
+                    n.to_string()
+                } else {
+                    format!("{n} (deploying)")
+                }
+            }
+        };
         out.push_str(&format!(
-            "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {}\n",
+            "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {:<11} {}\n",
             s("name"),
             s("template"),
             slot,
             s("desired"),
             pid,
             rss,
-            network
+            network,
+            revision
         ));
     }
     out
 }
 
+/// The details `hostd ctl status` prints below the table: the deployment and any step
+/// whose effect is not in place.
+pub fn details(t: &Value) -> String {
+    let mut out = String::new();
+    let when = |k: &str, d: &Value| {
+        d.get(k).and_then(Value::as_u64).map(|secs| {
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        })
+    };
+    if let Some(d) = t.get("deployment").filter(|d| !d.is_null()) {
+        let n = d.get("revision").and_then(Value::as_u64).unwrap_or(0);
+        out.push_str(&format!(
+            "deployment: revision {n}, accepted {}",
+            when("accepted_at", d).unwrap_or_else(|| "-".into())
+        ));
+        if let Some(at) = when("deployed_at", d) {
+            out.push_str(&format!(", deployed {at}"));
+        }
+        if let Some(e) = d.get("error").and_then(Value::as_str) {
+            out.push_str(&format!(", last attempt failed: {e}"));
+        }
+        out.push('\n');
+    } else {
+        out.push_str("deployment: none (`hostd ctl deploy NAME -f compose.yml`)\n");
+    }
+    if let Some(steps) = t.get("steps_not_in_place").and_then(Value::as_array) {
+        if !steps.is_empty() {
+            let names: Vec<String> = steps
+                .iter()
+                .map(|s| s.as_str().unwrap_or("?").to_owned())
+                .collect();
+            out.push_str(&format!(
+                "not in place: {} (the supervisor or `hostd ctl create` repairs what it can)\n",
+                names.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 /// Reads an input file named on the command line, with a usage error naming it.
+/// A compose file and its optional env file, as `deploy` sends them and `check` reads them.
+pub fn read_bundle(
+    file: &PathBuf,
+    env_file: Option<&PathBuf>,
+) -> Result<crate::compose::Bundle, CtlError> {
+    Ok(crate::compose::Bundle {
+        compose: read_input(file)?,
+        env: match env_file {
+            Some(f) => read_env_file(f)?,
+            None => Default::default(),
+        },
+    })
+}
+
+/// Reads an env file (`--env-file`); a bad line is a usage error naming the line.
+pub fn read_env_file(
+    path: &PathBuf,
+) -> Result<std::collections::BTreeMap<String, String>, CtlError> {
+    let text = read_input(path)?;
+    crate::compose::parse_env_file(&text).map_err(|errors| {
+        fail(
+            exit::USAGE,
+            format!("{}: {}", path.display(), errors.join("; ")),
+        )
+    })
+}
+
+/// Reads a file named on the command line; unreadable is a usage error.
 pub fn read_input(path: &PathBuf) -> Result<String, CtlError> {
     std::fs::read_to_string(path)
         .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))

@@ -164,6 +164,13 @@ pub fn ensure_range(path: &Path, user: &str, base: u64) -> Result<(), IdError> {
     replace_file(path, &out)
 }
 
+/// Whether a subid file holds exactly `user:base:RANGE` (what [`ensure_range`] writes).
+pub fn has_range(path: &Path, user: &str, base: u64) -> Result<bool, IdError> {
+    Ok(parse_subid(&read_or_empty(path)?)
+        .iter()
+        .any(|l| l.user == user && l.start == base && l.count == RANGE))
+}
+
 /// Removes every line of `user` from a subid file; a missing line is not an error.
 pub fn remove_range(path: &Path, user: &str) -> Result<(), IdError> {
     let text = read_or_empty(path)?;

@@ -2,9 +2,9 @@
 //! means the same under hostd as on a developer's laptop: `$$` is a literal `$`,
 //! `${VAR:-default}` / `${VAR-default}` fall back, `${VAR:?message}` / `${VAR?message}`
 //! fail, `${VAR:+alt}` / `${VAR+alt}` substitute when set, and `$(` or an unclosed `${` is
-//! an error. One deliberate difference: a variable that is not set and has no default is
-//! refused, where compose substitutes an empty string with a warning nobody reads — on a
-//! shared host a silently empty value is a misdeployment.
+//! an error. One deliberate difference: a variable that is not set (in the tenant's env file)
+//! and has no default is refused, where compose substitutes an empty string with a warning
+//! nobody reads — on a shared host a silently empty value is a misdeployment.
 
 use std::collections::HashMap;
 
@@ -20,30 +20,32 @@ pub struct InterpolationError {
     pub message: String,
 }
 
-/// Interpolates every string value of the document in place (keys are left alone, as compose does).
-pub fn interpolate(
-    doc: &mut Value,
-    vars: &HashMap<String, String>,
-) -> Result<(), InterpolationError> {
-    walk(doc, &mut Vec::new(), vars)
+/// Interpolates every string value of the document in place (keys are left alone, as compose
+/// does); returns every value that could not be interpolated (left as it was), not only the first.
+pub fn interpolate(doc: &mut Value, vars: &HashMap<String, String>) -> Vec<InterpolationError> {
+    let mut errors = Vec::new();
+    walk(doc, &mut Vec::new(), vars, &mut errors);
+    errors
 }
 
 fn walk(
     v: &mut Value,
     path: &mut Vec<String>,
     vars: &HashMap<String, String>,
-) -> Result<(), InterpolationError> {
+    errors: &mut Vec<InterpolationError>,
+) {
     match v {
-        Value::String(s) => {
-            *s = expand(s, vars).map_err(|message| InterpolationError {
+        Value::String(s) => match expand(s, vars) {
+            Ok(x) => *s = x,
+            Err(message) => errors.push(InterpolationError {
                 path: path.clone(),
                 message,
-            })?;
-        }
+            }),
+        },
         Value::Sequence(seq) => {
             for (i, item) in seq.iter_mut().enumerate() {
                 path.push(format!("[{i}]"));
-                walk(item, path, vars)?;
+                walk(item, path, vars, errors);
                 path.pop();
             }
         }
@@ -54,14 +56,13 @@ fn walk(
                         .map(str::to_owned)
                         .unwrap_or_else(|| format!("{k:?}")),
                 );
-                walk(item, path, vars)?;
+                walk(item, path, vars, errors);
                 path.pop();
             }
         }
-        Value::Tagged(t) => walk(&mut t.value, path, vars)?,
+        Value::Tagged(t) => walk(&mut t.value, path, vars, errors),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
-    Ok(())
 }
 
 fn is_name_start(c: char) -> bool {
@@ -135,8 +136,8 @@ pub fn expand(s: &str, vars: &HashMap<String, String>) -> Result<String, String>
 fn unset(name: &str) -> String {
     format!(
         "variable `{name}` is not set and has no default; hostd deploys with no environment \
-         of its own: write the value, a default (`${{{name}:-value}}`) or `$${name}` for the \
-         container's shell"
+         of its own: set it in the env file (`--env-file`), write a default \
+         (`${{{name}:-value}}`) or `$${name}` for the container's shell"
     )
 }
 
@@ -234,13 +235,14 @@ mod tests {
             "services:\n  web:\n    command: [sh, -c, 'echo $$HOME ${PORT:-8080}']\n    image: '${IMG}'\n",
         )
         .unwrap();
-        let err = interpolate(&mut doc, &HashMap::new()).unwrap_err();
-        assert_eq!(err.path, ["services", "web", "image"]);
+        let errs = interpolate(&mut doc, &HashMap::new());
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, ["services", "web", "image"]);
         let mut doc: Value = serde_norway::from_str(
             "services:\n  web:\n    command: [sh, -c, 'echo $$HOME ${PORT:-8080}']\n",
         )
         .unwrap();
-        interpolate(&mut doc, &HashMap::new()).unwrap();
+        assert!(interpolate(&mut doc, &HashMap::new()).is_empty());
         assert_eq!(
             doc["services"]["web"]["command"][2].as_str(),
             Some("echo $HOME 8080")

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hostd::ctl::{self, exit, CtlError};
-use hostd::lifecycle::{Host, HostConfig};
+use hostd::host::{Host, HostConfig};
 use hostd::network::{Firewall, HostServices};
 use hyper::Method;
 
@@ -26,6 +26,13 @@ struct Cli {
 enum SecretsFrom {
     Ssm,
     None,
+}
+
+/// Templates `hostd ctl check` can bound a file by.
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckTemplate {
+    Agent,
+    Baseline,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,16 +82,16 @@ enum Command {
         broker_admin: Option<PathBuf>,
         /// Where tenants' SSM parameters come from: `ssm` (read as the customer's role,
         /// written to the tenant volume) or `none` (no secrets written).
-        #[arg(long, value_enum, default_value = "ssm")]
+        #[arg(long, value_enum, env = "HOSTD_SECRETS", default_value = "ssm")]
         secrets: SecretsFrom,
         /// AWS endpoint for STS and SSM (tests: a moto server); default: the SDK's regional ones.
-        #[arg(long)]
+        #[arg(long, env = "HOSTD_AWS_ENDPOINT")]
         aws_endpoint: Option<String>,
         /// AWS region.
-        #[arg(long, default_value = "us-east-1")]
+        #[arg(long, env = "HOSTD_AWS_REGION", default_value = "us-east-1")]
         aws_region: String,
         /// This host's id: SourceIdentity of the sessions hostd opens on customer roles.
-        #[arg(long)]
+        #[arg(long, env = "HOSTD_HOST_ID")]
         host_id: Option<String>,
         /// Image of the tailscale sidecar every agent tenant gets (production: the official
         /// image pinned by digest, loaded or pullable in tenant engines). Needs `--secrets ssm`
@@ -110,8 +117,12 @@ enum Command {
     },
     /// Operator commands against a running hostd.
     ///
-    /// Exit codes: 0 success, 1 hostd refused or the operation failed, 2 bad command line
-    /// or unreadable input file, 3 hostd unreachable.
+    /// Exit codes: 0 success; 1 the operation failed (a step, a host service; running it
+    /// again resumes); 2 bad command line or unreadable input file; 3 hostd unreachable;
+    /// 4 no such tenant (or service, container); 5 the tenant's state does not allow it now
+    /// (stopped, quarantined, being destroyed, unreadable record); 6 refused: the input
+    /// breaks a rule (spec field, compose key, image tarball), nothing changed; 7 the
+    /// tenant's engine is not running or does not answer.
     Ctl {
         /// hostd's API socket.
         #[arg(long, default_value = DEFAULT_SOCKET, global = true)]
@@ -146,6 +157,25 @@ enum Op {
         /// Compose file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// Variables for the file (`KEY=VALUE` lines, as docker compose reads `.env`): for
+        /// `${VAR}` interpolation, `environment` keys written without a value, and
+        /// `COMPOSE_PROFILES`. Recorded with the revision.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+    },
+    /// Check a compose file offline, exactly as a deploy would before touching an engine:
+    /// print every violation (key path and rule), or the translated plan when accepted.
+    /// Exit status 1 when refused.
+    Check {
+        /// Compose file.
+        file: PathBuf,
+        /// The template whose default limits bound the file (a deployed tenant's own limits
+        /// may differ; see `hostd ctl status`).
+        #[arg(long, value_enum, default_value = "baseline")]
+        template: CheckTemplate,
+        /// Variables, as for `deploy --env-file`.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
     },
     /// Print the logs of the tenant's project containers, or of one service's.
     Logs {
@@ -236,10 +266,13 @@ fn main() -> ExitCode {
             log_format,
             supervise_interval,
         } => {
-            let sub = tracing_subscriber::fmt().with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
-            );
+            // Diagnostics on stderr (the journal takes both streams; stdout stays free).
+            let sub = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                );
             match log_format {
                 LogFormat::Json => sub.json().init(),
                 LogFormat::Text => sub.init(),
@@ -289,7 +322,9 @@ fn main() -> ExitCode {
         Command::Ctl { socket, json, op } => match rt.block_on(run_ctl(&socket, json, op)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("hostd ctl: {}", e.message);
+                if !e.message.is_empty() {
+                    eprintln!("hostd ctl: {}", e.message);
+                }
                 ExitCode::from(u8::try_from(e.code).unwrap_or(1))
             }
         },
@@ -340,6 +375,9 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
             print!("{}", ctl::table(list));
         } else if v.get("name").is_some() {
             print!("{}", ctl::table(std::slice::from_ref(v)));
+            if v.get("steps_not_in_place").is_some() {
+                print!("{}", ctl::details(v));
+            }
         } else if let Some(obj) = v.as_object() {
             for (k, val) in obj {
                 println!(
@@ -354,6 +392,30 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
         }
     };
     let v = match op {
+        Op::Check {
+            file,
+            template,
+            env_file,
+        } => {
+            let bundle = ctl::read_bundle(&file, env_file.as_ref())?;
+            let template = match template {
+                CheckTemplate::Agent => hostd::spec::Template::Agent,
+                CheckTemplate::Baseline => hostd::spec::Template::Baseline,
+            };
+            let checked = hostd::check::check(&bundle, &template.default_limits());
+            if json {
+                println!("{}", checked.report);
+            } else {
+                print!("{}", hostd::check::text(&checked, &file));
+            }
+            if checked.accepted {
+                return Ok(());
+            }
+            return Err(CtlError {
+                message: String::new(),
+                code: exit::FAILED,
+            });
+        }
         Op::Create { file } => {
             ctl::run(
                 socket,
@@ -384,8 +446,18 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
             )
             .await?
         }
-        Op::Deploy { name, file } => {
-            let body = ctl::text_body(Some(ctl::read_input(&file)?));
+        Op::Deploy {
+            name,
+            file,
+            env_file,
+        } => {
+            let bundle = ctl::read_bundle(&file, env_file.as_ref())?;
+            let body = ctl::text_body(Some(serde_json::to_string(&bundle).map_err(|e| {
+                CtlError {
+                    message: format!("encoding the deploy: {e}"),
+                    code: exit::FAILED,
+                }
+            })?));
             ctl::run(
                 socket,
                 Method::POST,

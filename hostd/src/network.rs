@@ -268,6 +268,16 @@ impl Firewall {
         Ok(())
     }
 
+    /// Whether the tenant's chains are installed (what [`Firewall::apply`] makes).
+    pub fn is_applied(&self, t: &TenantNet) -> Result<bool, NetError> {
+        for chain in [t.forward_chain(), t.input_chain()] {
+            if !self.iptables(&Self::s(&["-t", "filter", "-S", &chain]))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Removes every rule and chain of one tenant; removing twice is not an error.
     pub fn remove(&self, t: &TenantNet) -> Result<(), NetError> {
         for (table, chain, rule) in t.jumps() {

@@ -1,11 +1,16 @@
-//! Container policy for tenant compose files: at least Kubernetes "restricted", translated
-//! to compose. It is an allowlist: a key hostd does not know to be safe is refused, so a
-//! new compose feature can never slip past it. Every refusal names the service, the key
-//! and the rule, so the customer knows exactly what to change.
+//! Container policy for tenant compose files, over the typed model (`crate::compose::model`):
+//! at least Kubernetes "restricted", translated to compose. A file is accepted only if every
+//! key in it is one hostd translates (a field of the model) and every value is within the
+//! rules below; any other key is refused, by name, with what to do instead. Every problem in
+//! the file is reported, not only the first.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::net::IpAddr;
 
-use serde_norway::{Mapping, Value};
+use m8trx_spec::tenant::Limits;
+
+use crate::compose::model::{self, ComposeFile, Problem, Service, ServiceVolume};
 
 /// Capabilities a service may add back after hostd's `cap_drop: [ALL]`: what an image's
 /// entrypoint needs to bind :80/:443 and drop from root to its own user, nothing more.
@@ -32,65 +37,26 @@ pub const SAFE_SYSCTLS: [&str; 10] = [
     "net.ipv4.tcp_keepalive_probes",
 ];
 
-/// Service keys accepted as they are: they cannot reach outside the tenant's engine.
-const PLAIN_SERVICE_KEYS: &[&str] = &[
-    "image",
-    "command",
-    "entrypoint",
-    "environment",
-    "working_dir",
-    "user",
-    "restart",
-    "depends_on",
-    "healthcheck",
-    "expose",
-    "stop_signal",
-    "stop_grace_period",
-    "init",
-    "tty",
-    "stdin_open",
-    "hostname",
-    "domainname",
-    "container_name",
-    "extra_hosts",
-    "dns",
-    "dns_search",
-    "dns_opt",
-    "mem_limit",
-    "mem_reservation",
-    "memswap_limit",
-    "cpus",
-    "cpu_shares",
-    "cpu_quota",
-    "cpu_period",
-    "cpuset",
-    "pids_limit",
-    "shm_size",
-    "deploy",
-    "profiles",
-    "pull_policy",
-    "platform",
-    "scale",
-    "group_add",
-    "links",
-    "cap_drop",
-    "tmpfs",
-    "stop_grace_period",
-    "attach",
-];
+/// Healthchecks run in the tenant's engine, outside the tenant's CPU budget: at most one a
+/// second, and a timeout of at least a second.
+pub const MIN_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Retries above this only delay the verdict.
+pub const MAX_HEALTH_RETRIES: i64 = 100;
+/// A start period longer than this holds the deploy (and its deadline) for nothing.
+pub const MAX_START_PERIOD: std::time::Duration = std::time::Duration::from_secs(600);
+/// The longest stop grace period: a tenant stop or redeploy waits at most this per container.
+pub const MAX_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+/// nofile ceiling a container may ask for.
+pub const MAX_NOFILE: i64 = 1 << 20;
+/// json-file/local log rotation bounds: files of at most 100 MiB, at most 10 of them.
+pub const MAX_LOG_SIZE: i64 = 100 << 20;
+/// See [`MAX_LOG_SIZE`].
+pub const MAX_LOG_FILES: i64 = 10;
 
-/// One reason a compose file was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// Service name, or `None` for a top-level key.
-    pub service: Option<String>,
-    /// The offending key, with a sub-path where it helps (`volumes[0]`).
-    pub key: String,
-    /// The rule broken and what to do instead.
-    pub rule: String,
-}
+/// One reason a compose file was refused (the service, the key path, the rule).
+pub type Violation = Problem;
 
-impl fmt::Display for Violation {
+impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.service {
             Some(s) => write!(f, "service `{s}`, key `{}`: {}", self.key, self.rule),
@@ -117,376 +83,777 @@ fn list(v: &[Violation]) -> String {
         .join("\n")
 }
 
-/// Checks a compose file as users write it; returns the parsed document, interpolated
-/// (see [`crate::interpolate`]), when it is allowed. The policy sees interpolated values,
-/// so `privileged: ${X:-true}` is judged as `true`.
-pub fn check_compose(text: &str) -> Result<Mapping, PolicyError> {
-    let mut doc: Value =
-        serde_norway::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
-    crate::interpolate::interpolate(&mut doc, &std::collections::HashMap::new()).map_err(|e| {
-        let (service, key) = match e.path.as_slice() {
-            [top, svc, rest @ ..] if top == "services" => (Some(svc.clone()), dotted(rest)),
-            other => (None, dotted(other)),
-        };
-        PolicyError::Refused(vec![Violation {
-            service,
-            key,
-            rule: e.message,
-        }])
-    })?;
-    let Value::Mapping(root) = doc else {
-        return Err(PolicyError::Syntax("the document is not a mapping".into()));
-    };
-    let mut c = Checker::default();
-    c.top_level(&root);
-    if c.violations.is_empty() {
-        Ok(root)
+/// Reads `text` with the tenant's variables and checks it against the policy within the
+/// tenant's aggregate `limits`: the typed file when accepted, every violation when not.
+pub fn check_compose(
+    text: &str,
+    vars: &HashMap<String, String>,
+    limits: &Limits,
+) -> Result<ComposeFile, PolicyError> {
+    let (file, mut problems) = model::load(text, vars).map_err(PolicyError::Syntax)?;
+    problems.extend(check(&file, limits));
+    if problems.is_empty() {
+        Ok(file)
     } else {
-        Err(PolicyError::Refused(c.violations))
+        Err(PolicyError::Refused(problems))
     }
 }
 
-/// `["volumes", "[0]", "source"]` as `volumes[0].source`.
-fn dotted(path: &[String]) -> String {
-    let mut out = String::new();
-    for p in path {
-        if !out.is_empty() && !p.starts_with('[') {
-            out.push('.');
-        }
-        out.push_str(p);
+/// Every rule the typed file breaks.
+pub fn check(file: &ComposeFile, limits: &Limits) -> Vec<Violation> {
+    let mut c = Checker {
+        violations: Vec::new(),
+        limits,
+        services: file.services.keys().cloned().collect(),
+    };
+    for key in file.other.keys() {
+        let rule = match key.as_str() {
+            "secrets" | "configs" => "file-based secrets and configs read the host's files; hostd writes the tenant's secrets (its SSM parameters) under /run/secrets/m8trx",
+            "include" => "includes other files from the host; send one self-contained compose file",
+            "name" => "the project name is m8trx-<tenant>, set by hostd; remove `name`",
+            _ => "unsupported top-level key; allowed: services, networks, volumes, version, x-*",
+        };
+        c.top(key, rule);
     }
-    out
+    for (name, net) in &file.networks {
+        c.network(name, net.as_ref());
+    }
+    for (name, vol) in &file.volumes {
+        c.volume(name, vol.as_ref());
+    }
+    for (name, svc) in &file.services {
+        c.service(name, svc, file);
+    }
+    c.violations
 }
 
-#[derive(Default)]
-struct Checker {
+struct Checker<'a> {
     violations: Vec<Violation>,
+    limits: &'a Limits,
+    services: BTreeSet<String>,
 }
 
-fn key_str(k: &Value) -> String {
-    match k {
-        Value::String(s) => s.clone(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn as_str(v: &Value) -> Option<&str> {
-    v.as_str()
-}
-
-/// Items of a list-or-mapping compose field as `(key, value)` strings (`A=b` lists and maps).
-fn kv_items(v: &Value) -> Vec<(String, String)> {
-    match v {
-        Value::Sequence(seq) => seq
-            .iter()
-            .filter_map(as_str)
-            .map(|s| match s.split_once('=') {
-                Some((k, v)) => (k.to_owned(), v.to_owned()),
-                None => (s.to_owned(), String::new()),
-            })
-            .collect(),
-        Value::Mapping(m) => m
-            .iter()
-            .map(|(k, v)| {
-                (
-                    key_str(k),
-                    v.as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| format!("{v:?}")),
-                )
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-impl Checker {
-    fn refuse(&mut self, service: Option<&str>, key: impl Into<String>, rule: impl Into<String>) {
-        self.violations.push(Violation {
-            service: service.map(str::to_owned),
+impl Checker<'_> {
+    fn top(&mut self, key: impl Into<String>, rule: impl Into<String>) {
+        self.violations.push(Problem {
+            service: None,
             key: key.into(),
             rule: rule.into(),
         });
     }
 
-    fn top_level(&mut self, root: &Mapping) {
-        for (k, v) in root {
-            let key = key_str(k);
-            match key.as_str() {
-                "version" | "name" => {}
-                k if k.starts_with("x-") => {}
-                "services" => match v {
-                    Value::Mapping(services) => {
-                        if services.is_empty() {
-                            self.refuse(None, "services", "at least one service is required");
-                        }
-                        for (name, svc) in services {
-                            self.service(&key_str(name), svc);
-                        }
-                    }
-                    _ => self.refuse(None, "services", "must be a mapping of service names to services"),
-                },
-                "volumes" => self.top_volumes(v),
-                "networks" => self.top_networks(v),
-                "secrets" | "configs" => self.refuse(
-                    None,
-                    key,
-                    "reads files from the host; hostd writes the tenant's secrets itself under /run/secrets/m8trx",
-                ),
-                "include" => self.refuse(None, key, "includes other files from the host; send one self-contained compose file"),
-                _ => self.refuse(None, key, "unsupported top-level key; allowed: version, name, services, volumes, networks, x-*"),
+    fn refuse(&mut self, service: &str, key: impl Into<String>, rule: impl Into<String>) {
+        self.violations.push(Problem {
+            service: Some(service.to_owned()),
+            key: key.into(),
+            rule: rule.into(),
+        });
+    }
+
+    fn network(&mut self, name: &str, net: Option<&model::Network>) {
+        let Some(net) = net else { return };
+        if let Some(d) = &net.driver {
+            if d != "bridge" {
+                self.top(format!("networks.{name}.driver"), "only bridge networks inside the tenant; host, macvlan, ipvlan and overlay reach outside it");
             }
         }
-        if !root.contains_key("services") {
-            self.refuse(
-                None,
-                "services",
-                "a compose file needs a `services` mapping",
-            );
+        for key in net.other.keys() {
+            let rule = match key.as_str() {
+                "driver_opts" => "bridge options are set by hostd",
+                "external" => {
+                    "external networks are not the tenant's; declare the network in this file"
+                }
+                "ipam" => "addresses are allocated by hostd from the tenant's subnet",
+                "name" => "hostd names networks m8trx-<tenant>_<network>; remove `name`",
+                "enable_ipv6" => "tenant networks are IPv4 only",
+                "attachable" => "a swarm option; tenant networks are the project's own",
+                _ => "unsupported network option; allowed: driver (bridge), internal, labels",
+            };
+            self.top(format!("networks.{name}.{key}"), rule);
         }
     }
 
-    fn top_volumes(&mut self, v: &Value) {
-        let Value::Mapping(vols) = v else { return };
-        for (name, def) in vols {
-            let name = key_str(name);
-            let Value::Mapping(def) = def else { continue };
-            for (k, val) in def {
-                let k = key_str(k);
-                match k.as_str() {
-                    "driver" if as_str(val) == Some("local") => {}
-                    "driver" => self.refuse(None, format!("volumes.{name}.driver"), "only the local driver: named volumes live on the tenant's encrypted volume"),
-                    "driver_opts" => self.refuse(None, format!("volumes.{name}.driver_opts"), "driver options can bind host paths or devices; use a plain named volume"),
-                    "external" | "labels" | "name" => {}
-                    _ => self.refuse(None, format!("volumes.{name}.{k}"), "unsupported volume option"),
+    fn volume(&mut self, name: &str, vol: Option<&model::Volume>) {
+        let Some(vol) = vol else { return };
+        if let Some(d) = &vol.driver {
+            if d != "local" {
+                self.top(
+                    format!("volumes.{name}.driver"),
+                    "only the local driver: named volumes live on the tenant's encrypted volume",
+                );
+            }
+        }
+        for key in vol.other.keys() {
+            let rule = match key.as_str() {
+                "driver_opts" => "driver options can bind host paths or devices; use a plain named volume",
+                "external" => "volumes are the project's own, created by hostd on the tenant's volume; declare it without external",
+                "name" => "hostd names volumes m8trx-<tenant>_<volume>; remove `name`",
+                _ => "unsupported volume option; allowed: driver (local), labels",
+            };
+            self.top(format!("volumes.{name}.{key}"), rule);
+        }
+    }
+
+    fn service(&mut self, name: &str, svc: &Service, file: &ComposeFile) {
+        let s = name;
+        let mem = i64::try_from(self.limits.memory.0).unwrap_or(i64::MAX);
+        let pids = i64::from(self.limits.pids);
+        match svc.image.as_deref() {
+            None | Some("") => self.refuse(s, "image", "every service needs an image (pulled from a registry or loaded with `hostd ctl load`)"),
+            Some(image) => {
+                if let Some(why) = registry_refusal(image) {
+                    self.refuse(s, "image", why);
                 }
             }
         }
-    }
-
-    fn top_networks(&mut self, v: &Value) {
-        let Value::Mapping(nets) = v else { return };
-        for (name, def) in nets {
-            let name = key_str(name);
-            let Value::Mapping(def) = def else { continue };
-            for (k, val) in def {
-                let k = key_str(k);
-                match k.as_str() {
-                    "driver" if as_str(val) == Some("bridge") => {}
-                    "driver" => self.refuse(None, format!("networks.{name}.driver"), "only bridge networks inside the tenant; host, macvlan, ipvlan and overlay reach outside it"),
-                    "driver_opts" => self.refuse(None, format!("networks.{name}.driver_opts"), "bridge options are set by hostd"),
-                    "external" => self.refuse(None, format!("networks.{name}.external"), "external networks are not the tenant's; declare the network in this file"),
-                    "ipam" => self.refuse(None, format!("networks.{name}.ipam"), "addresses are allocated by hostd from the tenant's subnet"),
-                    "internal" | "labels" | "attachable" | "name" | "enable_ipv6" => {}
-                    _ => self.refuse(None, format!("networks.{name}.{k}"), "unsupported network option"),
-                }
-            }
-        }
-    }
-
-    fn service(&mut self, name: &str, svc: &Value) {
-        let s = Some(name);
-        let Value::Mapping(svc) = svc else {
-            self.refuse(s, "(service)", "a service must be a mapping");
-            return;
-        };
-        if !svc.contains_key("image") {
+        if svc.privileged == Some(true) {
             self.refuse(
                 s,
-                "image",
-                "every service needs an image (pulled from a registry or loaded from a tarball)",
+                "privileged",
+                "privileged containers control the host kernel; never allowed",
             );
         }
-        for (k, v) in svc {
-            let key = key_str(k);
-            match key.as_str() {
-                k if PLAIN_SERVICE_KEYS.contains(&k) || k.starts_with("x-") => {}
-                "privileged" => {
-                    if v.as_bool() != Some(false) {
-                        self.refuse(s, key, "privileged containers control the host kernel; never allowed");
-                    }
+        if svc.read_only == Some(false) {
+            self.refuse(
+                s,
+                "read_only",
+                "the root filesystem is always read-only; write to named volumes or tmpfs",
+            );
+        }
+        if let Some(m) = &svc.network_mode {
+            if m != "none" {
+                match m.strip_prefix("service:") {
+                    Some(x) if self.services.contains(x) && x != name => {}
+                    Some(x) => self.refuse(s, "network_mode", format!("network_mode service:{x} names no other service of this file; name one of: {}", self.names_but(name))),
+                    None => self.refuse(s, "network_mode", format!("network_mode {m:?} is not allowed; use none or service:<a service of this file> (host, bridge and container: reach outside the project)")),
                 }
-                "read_only" => {
-                    if v.as_bool() != Some(true) {
-                        self.refuse(s, key, "the root filesystem is always read-only; write to named volumes or tmpfs");
-                    }
-                }
-                "network_mode" => {
-                    let m = as_str(v).unwrap_or("");
-                    if !(m == "none" || m == "bridge" || m.starts_with("service:")) {
-                        self.refuse(s, key, format!("network_mode {m:?} is not allowed; use none, bridge or service:<name> (host and container: reach outside the tenant)"));
-                    }
-                }
-                "pid" => self.refuse(s, key, "sharing a PID namespace is not allowed (host PIDs are other tenants')"),
-                "ipc" => {
-                    let m = as_str(v).unwrap_or("");
-                    if !(m == "private" || m == "none") {
-                        self.refuse(s, key, format!("ipc {m:?} is not allowed; only private or none"));
-                    }
-                }
-                "uts" => self.refuse(s, key, "sharing the host UTS namespace is not allowed"),
-                "userns_mode" => self.refuse(s, key, "the user namespace is set by the tenant engine; userns_mode would undo the remapping"),
-                "cgroup" => {
-                    if as_str(v) != Some("private") {
-                        self.refuse(s, key, "only a private cgroup namespace is allowed");
-                    }
-                }
-                "cgroup_parent" => self.refuse(s, key, "containers stay inside the tenant's cgroup; cgroup_parent would escape its limits"),
-                "cap_add" => self.cap_add(name, v),
-                "devices" | "device_cgroup_rules" | "gpus" => self.refuse(s, key, "host devices are not available to tenants"),
-                "security_opt" => self.security_opt(name, v),
-                "sysctls" => {
-                    for (k, _) in kv_items(v) {
-                        if !SAFE_SYSCTLS.contains(&k.as_str()) {
-                            self.refuse(s, format!("sysctls.{k}"), format!("sysctl {k} is not namespaced-safe; allowed: {}", SAFE_SYSCTLS.join(", ")));
-                        }
-                    }
-                }
-                "volumes" => self.service_volumes(name, v),
-                "volumes_from" => {
-                    for item in v.as_sequence().into_iter().flatten() {
-                        let f = as_str(item).unwrap_or("");
-                        if f.starts_with("container:") {
-                            self.refuse(s, key.clone(), format!("volumes_from {f:?}: only services of this project"));
-                        }
-                    }
-                }
-                "ports" => self.refuse(s, key, "no host ports: public traffic reaches the tenant through sni-proxy; use expose"),
-                "networks" => {}
-                "labels" => {
-                    for (k, _) in kv_items(v) {
-                        if k.starts_with("com.docker.compose.") || k.starts_with("m8trx.") {
-                            self.refuse(s, format!("labels.{k}"), "labels under com.docker.compose.* and m8trx.* are set by hostd");
-                        }
-                    }
-                }
-                "logging" => {
-                    let driver = v.get("driver").and_then(as_str).unwrap_or("json-file");
-                    if !["json-file", "local", "none"].contains(&driver) {
-                        self.refuse(s, "logging.driver", format!("log driver {driver:?} writes outside the tenant; use json-file or local"));
-                    }
-                }
-                "ulimits" => {
-                    if let Value::Mapping(m) = v {
-                        for (k, _) in m {
-                            let k = key_str(k);
-                            if k != "nofile" {
-                                self.refuse(s, format!("ulimits.{k}"), "only nofile may be set; other limits come from the tenant cgroup");
-                            }
-                        }
-                    }
-                }
-                "oom_kill_disable" => self.refuse(s, key, "a container that cannot be OOM-killed can starve the host; the tenant limit must be able to kill"),
-                "oom_score_adj" => {
-                    if v.as_i64().unwrap_or(0) < 0 {
-                        self.refuse(s, key, "a negative OOM score would make the host kill other tenants first");
-                    }
-                }
-                "build" => self.refuse(s, key, "images are not built on the shared host; push to a registry or load a tarball"),
-                "env_file" => self.refuse(s, key, "env_file reads files from the host; put the variables in `environment`"),
-                "secrets" | "configs" => self.refuse(s, key, "reads files from the host; hostd mounts the tenant's secrets under /run/secrets/m8trx"),
-                "runtime" | "isolation" => self.refuse(s, key, "the container runtime is fixed by hostd"),
-                "storage_opt" | "blkio_config" => self.refuse(s, key, "storage options reference host devices; the tenant volume sets the disk quota"),
-                "external_links" => self.refuse(s, key, "links to containers outside this project are not allowed"),
-                "extends" => self.refuse(s, key, "extends reads other files from the host; send one self-contained compose file"),
-                "credential_spec" => self.refuse(s, key, "not supported on Linux tenants"),
-                "mac_address" | "link_local_ips" => self.refuse(s, key, "addresses are allocated by hostd"),
-                _ => self.refuse(s, key, "unsupported key; hostd accepts only compose keys it knows to be safe (see docs/ARCHITECTURE.md)"),
             }
         }
-    }
-
-    fn cap_add(&mut self, service: &str, v: &Value) {
-        for cap in v.as_sequence().into_iter().flatten() {
-            let raw = as_str(cap).unwrap_or("");
-            let norm = raw.trim().to_ascii_uppercase();
-            let norm = norm.strip_prefix("CAP_").unwrap_or(&norm);
-            if !CAP_ADD_ALLOWED.contains(&norm) {
+        for (key, v) in [("ipc", &svc.ipc), ("pid", &svc.pid)] {
+            let Some(m) = v else { continue };
+            match (key, m.as_str(), m.strip_prefix("service:")) {
+                (_, _, Some(x)) if self.services.contains(x) && x != name => {}
+                ("ipc", "private" | "none" | "shareable", _) => {}
+                (_, _, Some(x)) => self.refuse(s, key, format!("{key} service:{x} names no other service of this file")),
+                _ => self.refuse(s, key, format!("{key} {m:?} is not allowed; only private (or service:<a service of this file>) — host namespaces are other tenants'")),
+            }
+        }
+        if let Some(c) = &svc.cgroup {
+            if c != "private" {
+                self.refuse(s, "cgroup", "only a private cgroup namespace is allowed");
+            }
+        }
+        if let Some(caps) = &svc.cap_add {
+            for raw in caps {
+                let norm = raw.trim().to_ascii_uppercase();
+                let norm = norm.strip_prefix("CAP_").unwrap_or(&norm);
+                if !CAP_ADD_ALLOWED.contains(&norm) {
+                    self.refuse(
+                        s,
+                        "cap_add",
+                        format!(
+                            "capability {raw:?} is not allowed; allowed: {}",
+                            CAP_ADD_ALLOWED.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(opts) = &svc.security_opt {
+            for raw in opts {
+                let compact: String = raw
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                if ![
+                    "no-new-privileges",
+                    "no-new-privileges:true",
+                    "no-new-privileges=true",
+                ]
+                .contains(&compact.as_str())
+                {
+                    self.refuse(s, "security_opt", format!("{raw:?} is not allowed: seccomp, AppArmor and no-new-privileges are set by hostd and cannot be relaxed"));
+                }
+            }
+        }
+        if let Some(sys) = &svc.sysctls {
+            for k in sys.keys() {
+                if !SAFE_SYSCTLS.contains(&k) {
+                    self.refuse(
+                        s,
+                        format!("sysctls.{k}"),
+                        format!(
+                            "sysctl {k} is not namespaced-safe; allowed: {}",
+                            SAFE_SYSCTLS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(l) = &svc.labels {
+            for k in l.keys() {
+                if k.starts_with("com.docker.compose.") || k.starts_with("m8trx.") {
+                    self.refuse(
+                        s,
+                        format!("labels.{k}"),
+                        "labels under com.docker.compose.* and m8trx.* are set by hostd",
+                    );
+                }
+            }
+        }
+        self.volumes(s, svc, file, mem);
+        if let Some(from) = &svc.volumes_from {
+            for f in from {
+                let svc_name = f.split(':').next().unwrap_or("");
+                if f.starts_with("container:") || !self.services.contains(svc_name) {
+                    self.refuse(
+                        s,
+                        "volumes_from",
+                        format!("volumes_from {f:?}: only services of this file"),
+                    );
+                }
+            }
+        }
+        if let Some(nets) = &svc.networks {
+            for (n, _) in nets.entries() {
+                if n != "default" && !file.networks.contains_key(&n) {
+                    self.refuse(
+                        s,
+                        format!("networks.{n}"),
+                        format!("network `{n}` is not declared under the top-level networks"),
+                    );
+                }
+            }
+            if let model::ServiceNetworks::Map(m) = nets {
+                for (n, opts) in m {
+                    for k in opts.iter().flat_map(|o| o.other.keys()) {
+                        self.refuse(s, format!("networks.{n}.{k}"), "only aliases may be set per network; addresses and priorities are hostd's");
+                    }
+                }
+            }
+            if svc.network_mode.is_some() {
+                self.refuse(s, "networks", "a service with network_mode joins no network of its own; remove one of the two");
+            }
+        }
+        if let Some(deps) = &svc.depends_on {
+            if let model::DependsOn::Map(m) = deps {
+                for (d, dep) in m {
+                    if dep.restart.is_some() {
+                        self.refuse(s, format!("depends_on.{d}.restart"), "hostd does not restart dependents when a dependency is redeployed; remove `restart`");
+                    }
+                }
+            }
+            for (d, cond, required) in deps.entries() {
+                if ![
+                    "service_started",
+                    "service_healthy",
+                    "service_completed_successfully",
+                ]
+                .contains(&cond.as_str())
+                {
+                    self.refuse(s, format!("depends_on.{d}.condition"), format!("{cond:?} is not a condition; use service_started, service_healthy or service_completed_successfully"));
+                }
+                if required && !self.services.contains(&d) {
+                    self.refuse(s, format!("depends_on.{d}"), format!("`{d}` is not a service of this file (mark it `required: false` if it is optional)"));
+                }
+                if cond == "service_healthy"
+                    && file
+                        .services
+                        .get(&d)
+                        .is_some_and(|x| x.healthcheck.is_none())
+                {
+                    self.refuse(s, format!("depends_on.{d}.condition"), format!("`{d}` has no healthcheck, so it can never be healthy; give it one or wait for service_started"));
+                }
+            }
+        }
+        if let Some(h) = &svc.healthcheck {
+            for (k, v) in [
+                ("interval", h.interval),
+                ("timeout", h.timeout),
+                ("start_interval", h.start_interval),
+            ] {
+                if let Some(d) = v {
+                    if d.0 < MIN_HEALTH_INTERVAL {
+                        self.refuse(s, format!("healthcheck.{k}"), format!("{:?} is below 1s: healthchecks run in the tenant's engine, outside its CPU budget", d.0));
+                    }
+                }
+            }
+            if let Some(r) = h.retries {
+                if !(1..=MAX_HEALTH_RETRIES).contains(&r) {
+                    self.refuse(
+                        s,
+                        "healthcheck.retries",
+                        format!("{r} retries; between 1 and {MAX_HEALTH_RETRIES}"),
+                    );
+                }
+            }
+            if let Some(p) = h.start_period {
+                if p.0 > MAX_START_PERIOD {
+                    self.refuse(
+                        s,
+                        "healthcheck.start_period",
+                        "at most 10m: a deploy waits for health within one deadline",
+                    );
+                }
+            }
+            if h.test.is_none() && h.disable != Some(true) {
                 self.refuse(
-                    Some(service),
-                    "cap_add",
+                    s,
+                    "healthcheck.test",
+                    "a healthcheck needs a test (or disable: true)",
+                );
+            }
+        }
+        if let Some(g) = svc.stop_grace_period {
+            if g.0 > MAX_STOP_GRACE {
+                self.refuse(
+                    s,
+                    "stop_grace_period",
+                    "at most 2m: a stop or redeploy of the tenant waits this long per container",
+                );
+            }
+        }
+        for (key, v) in [
+            ("mem_limit", svc.mem_limit),
+            ("mem_reservation", svc.mem_reservation),
+            ("shm_size", svc.shm_size),
+        ] {
+            if let Some(b) = v {
+                self.bytes(s, key, b.0, mem);
+            }
+        }
+        if let Some(c) = svc.cpus {
+            self.cpus(s, "cpus", c.0);
+        }
+        if let Some(p) = svc.pids_limit {
+            self.pids(s, "pids_limit", p, pids);
+        }
+        if let Some(c) = svc.cpu_shares {
+            if !(2..=262_144).contains(&c) {
+                self.refuse(
+                    s,
+                    "cpu_shares",
+                    "between 2 and 262144 (a weight among the tenant's own containers)",
+                );
+            }
+        }
+        if let Some(d) = &svc.deploy {
+            if let Some(r) = &d.resources {
+                if let Some(l) = &r.limits {
+                    if let Some(m) = l.memory {
+                        self.bytes(s, "deploy.resources.limits.memory", m.0, mem);
+                    }
+                    if let Some(c) = l.cpus {
+                        self.cpus(s, "deploy.resources.limits.cpus", c.0);
+                    }
+                    if let Some(p) = l.pids {
+                        self.pids(s, "deploy.resources.limits.pids", p, pids);
+                    }
+                }
+                if let Some(r) = &r.reservations {
+                    if let Some(m) = r.memory {
+                        self.bytes(s, "deploy.resources.reservations.memory", m.0, mem);
+                    }
+                    if let Some(c) = r.cpus {
+                        self.cpus(s, "deploy.resources.reservations.cpus", c.0);
+                    }
+                }
+            }
+            if let Some(n) = d.replicas {
+                if n != 1 {
+                    self.refuse(
+                        s,
+                        "deploy.replicas",
+                        "one container per service on a shared host; use 1",
+                    );
+                }
+            }
+            for k in d.other.keys() {
+                self.refuse(s, format!("deploy.{k}"), "a swarm option with no meaning on one host; only deploy.resources and deploy.replicas: 1 are translated");
+            }
+        }
+        if let Some(adj) = svc.oom_score_adj {
+            if !(0..=1000).contains(&adj) {
+                self.refuse(s, "oom_score_adj", "between 0 and 1000: a negative score would make the host kill other tenants first");
+            }
+        }
+        if let Some(u) = &svc.ulimits {
+            for (k, v) in u {
+                if k != "nofile" {
+                    self.refuse(
+                        s,
+                        format!("ulimits.{k}"),
+                        "only nofile may be set; other limits come from the tenant cgroup",
+                    );
+                    continue;
+                }
+                let (soft, hard) = match *v {
+                    model::Ulimit::Single(n) => (n, n),
+                    model::Ulimit::Pair(p) => (p.soft, p.hard),
+                };
+                if soft < 1 || hard < soft || hard > MAX_NOFILE {
+                    self.refuse(
+                        s,
+                        "ulimits.nofile",
+                        format!("soft {soft}, hard {hard}: need 1 <= soft <= hard <= {MAX_NOFILE}"),
+                    );
+                }
+            }
+        }
+        if let Some(l) = &svc.logging {
+            let driver = l.driver.as_deref().unwrap_or("json-file");
+            if !["json-file", "local"].contains(&driver) {
+                self.refuse(
+                    s,
+                    "logging.driver",
                     format!(
-                        "capability {raw:?} is not allowed; allowed: {}",
-                        CAP_ADD_ALLOWED.join(", ")
+                        "log driver {driver:?} writes outside the tenant; use json-file or local"
                     ),
                 );
             }
+            for (k, v) in l.options.iter().flatten() {
+                match k.as_str() {
+                    "max-size" => match model::forms::parse_size(&v.0) {
+                        Some(n) if n > 0 && n <= MAX_LOG_SIZE => {}
+                        _ => self.refuse(s, "logging.options.max-size", "a size up to 100m"),
+                    },
+                    "max-file" => match v.0.parse::<i64>() {
+                        Ok(n) if (1..=MAX_LOG_FILES).contains(&n) => {}
+                        _ => self.refuse(
+                            s,
+                            "logging.options.max-file",
+                            format!("between 1 and {MAX_LOG_FILES}"),
+                        ),
+                    },
+                    "compress" if ["true", "false"].contains(&v.0.as_str()) => {}
+                    _ => self.refuse(
+                        s,
+                        format!("logging.options.{k}"),
+                        "allowed options: max-size, max-file, compress",
+                    ),
+                }
+            }
         }
-    }
-
-    fn security_opt(&mut self, service: &str, v: &Value) {
-        for opt in v.as_sequence().into_iter().flatten() {
-            let raw = as_str(opt).unwrap_or("");
-            let compact: String = raw
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect::<String>()
-                .to_ascii_lowercase();
-            let harmless = [
-                "no-new-privileges",
-                "no-new-privileges:true",
-                "no-new-privileges=true",
-            ];
-            if !harmless.contains(&compact.as_str()) {
+        if let Some(p) = &svc.pull_policy {
+            if !["always", "missing", "if_not_present", "never"].contains(&p.as_str()) {
+                self.refuse(s, "pull_policy", format!("{p:?}: use always, missing or never (images are not built on the shared host)"));
+            }
+        }
+        if let Some(r) = &svc.restart {
+            let ok = ["no", "always", "unless-stopped", "on-failure"].contains(&r.as_str())
+                || r.strip_prefix("on-failure:")
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 100));
+            if !ok {
                 self.refuse(
-                    Some(service),
-                    "security_opt",
-                    format!("{raw:?} is not allowed: seccomp, AppArmor and no-new-privileges are set by hostd and cannot be relaxed"),
+                    s,
+                    "restart",
+                    format!("{r:?}: use no, always, unless-stopped or on-failure[:N] (N <= 100)"),
                 );
             }
         }
+        if let Some(p) = &svc.profiles {
+            if p.iter().any(|x| x.is_empty()) {
+                self.refuse(s, "profiles", "a profile name cannot be empty");
+            }
+        }
+        for key in svc.other.keys() {
+            self.refuse(s, key.clone(), other_rule(key));
+        }
     }
 
-    fn service_volumes(&mut self, service: &str, v: &Value) {
-        for (i, item) in v.as_sequence().into_iter().flatten().enumerate() {
+    fn names_but(&self, name: &str) -> String {
+        let v: Vec<&str> = self
+            .services
+            .iter()
+            .map(String::as_str)
+            .filter(|x| *x != name)
+            .collect();
+        if v.is_empty() {
+            "(no other service)".into()
+        } else {
+            v.join(", ")
+        }
+    }
+
+    fn bytes(&mut self, s: &str, key: &str, n: i64, max: i64) {
+        if n <= 0 {
+            self.refuse(s, key, "must be a positive size like 256m (0 and negative mean unlimited, which a tenant cannot have)");
+        } else if n > max {
+            self.refuse(
+                s,
+                key,
+                format!("{n} bytes is above the tenant's memory limit of {max} bytes"),
+            );
+        }
+    }
+
+    fn cpus(&mut self, s: &str, key: &str, c: f64) {
+        if c <= 0.0 || c > self.limits.cpu {
+            self.refuse(
+                s,
+                key,
+                format!(
+                    "{c} CPUs: must be above 0 and at most the tenant's {} CPUs",
+                    self.limits.cpu
+                ),
+            );
+        }
+    }
+
+    fn pids(&mut self, s: &str, key: &str, p: i64, max: i64) {
+        if p <= 0 || p > max {
+            self.refuse(s, key, format!("{p}: must be between 1 and the tenant's pids limit {max} (0 and -1 mean unlimited)"));
+        }
+    }
+
+    fn volumes(&mut self, s: &str, svc: &Service, file: &ComposeFile, mem: i64) {
+        for (i, v) in svc.volumes.iter().flatten().enumerate() {
             let key = format!("volumes[{i}]");
-            let (kind, source) = match item {
-                Value::String(short) => {
-                    let source = short.split(':').next().unwrap_or("");
-                    let kind = if short.contains(':')
-                        && (source.starts_with('/')
-                            || source.starts_with('.')
-                            || source.starts_with('~'))
+            match v {
+                ServiceVolume::Short(short) => {
+                    let parts: Vec<&str> = short.split(':').collect();
+                    let source = if parts.len() >= 2 { parts[0] } else { "" };
+                    if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+                        self.refuse(
+                            s,
+                            key,
+                            format!("{short:?} is not name:/path[:ro|rw] or /path"),
+                        );
+                    } else if source.starts_with(['/', '.', '~']) {
+                        self.bind(s, &key, source);
+                    } else if !source.is_empty() && !file.volumes.contains_key(source) {
+                        self.refuse(s, key, format!("named volume `{source}` is not declared under the top-level volumes"));
+                    } else if parts.len() == 3
+                        && !parts[2]
+                            .split(',')
+                            .all(|m| ["ro", "rw", "z", "Z", "nocopy"].contains(&m))
                     {
-                        "bind"
-                    } else {
-                        "volume"
-                    };
-                    (kind.to_owned(), source.to_owned())
+                        self.refuse(s, key, format!("mode {:?}: use ro or rw", parts[2]));
+                    } else if !parts[parts.len().min(2) - 1].starts_with('/') {
+                        self.refuse(
+                            s,
+                            key,
+                            "the target must be an absolute path in the container",
+                        );
+                    }
                 }
-                Value::Mapping(m) => (
-                    m.get("type")
-                        .and_then(as_str)
-                        .unwrap_or("volume")
-                        .to_owned(),
-                    m.get("source").and_then(as_str).unwrap_or("").to_owned(),
-                ),
-                _ => ("unknown".to_owned(), String::new()),
-            };
-            match kind.as_str() {
-                "volume" | "tmpfs" => {}
-                "bind" if source.contains("docker.sock") || source.contains("containerd.sock") => self.refuse(
-                    Some(service),
-                    key,
-                    format!("mounting the engine socket {source:?} gives root on the host"),
-                ),
-                "bind" => self.refuse(
-                    Some(service),
-                    key,
-                    format!("bind mount of host path {source:?} is not allowed; use a named volume (it lives on the tenant's encrypted volume)"),
-                ),
-                other => self.refuse(Some(service), key, format!("volume type {other:?} is not allowed; use volume or tmpfs")),
+                ServiceVolume::Long(m) => {
+                    let kind = m.kind.as_deref().unwrap_or("volume");
+                    match kind {
+                        "volume" => {
+                            if let Some(src) = m.source.as_deref().filter(|x| !x.is_empty()) {
+                                if !file.volumes.contains_key(src) {
+                                    self.refuse(s, format!("{key}.source"), format!("named volume `{src}` is not declared under the top-level volumes"));
+                                }
+                            }
+                            if m.tmpfs.is_some() {
+                                self.refuse(
+                                    s,
+                                    format!("{key}.tmpfs"),
+                                    "tmpfs options belong to type: tmpfs",
+                                );
+                            }
+                        }
+                        "tmpfs" => {
+                            if m.source.is_some() || m.volume.is_some() {
+                                self.refuse(
+                                    s,
+                                    key.clone(),
+                                    "a tmpfs has no source or volume options",
+                                );
+                            }
+                            if let Some(size) = m.tmpfs.as_ref().and_then(|t| t.size) {
+                                self.bytes(s, &format!("{key}.tmpfs.size"), size.0, mem);
+                            }
+                            if let Some(mode) = m.tmpfs.as_ref().and_then(|t| t.mode.as_ref()) {
+                                if u32::from_str_radix(&mode.0, 8).map_or(true, |x| x > 0o7777) {
+                                    self.refuse(
+                                        s,
+                                        format!("{key}.tmpfs.mode"),
+                                        "an octal mode like 1777",
+                                    );
+                                }
+                            }
+                        }
+                        "bind" => self.bind(s, &key, m.source.as_deref().unwrap_or("")),
+                        other => self.refuse(
+                            s,
+                            format!("{key}.type"),
+                            format!("volume type {other:?} is not allowed; use volume or tmpfs"),
+                        ),
+                    }
+                    if !m.target.as_deref().is_some_and(|t| t.starts_with('/')) {
+                        self.refuse(
+                            s,
+                            format!("{key}.target"),
+                            "every mount needs an absolute target path",
+                        );
+                    }
+                    if let Some(sub) = m.volume.as_ref().and_then(|v| v.subpath.as_deref()) {
+                        if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+                            self.refuse(
+                                s,
+                                format!("{key}.volume.subpath"),
+                                "a relative path inside the volume, without `..`",
+                            );
+                        }
+                    }
+                    for k in m.other.keys() {
+                        self.refuse(
+                            s,
+                            format!("{key}.{k}"),
+                            "allowed: type, source, target, read_only, volume, tmpfs",
+                        );
+                    }
+                }
+            }
+        }
+        for t in svc.tmpfs.iter().flat_map(|l| l.0.iter()) {
+            let (path, opts) = t.split_once(':').unwrap_or((t.as_str(), ""));
+            if !path.starts_with('/') {
+                self.refuse(
+                    s,
+                    "tmpfs",
+                    format!("{t:?}: the target must be an absolute path"),
+                );
+            }
+            for o in opts.split(',').filter(|o| !o.is_empty()) {
+                match o.split_once('=') {
+                    Some(("size", v)) => match model::forms::parse_size(v) {
+                        Some(n) => self.bytes(s, "tmpfs", n, mem),
+                        None => self.refuse(s, "tmpfs", format!("size {v:?} is not a size like 64m")),
+                    },
+                    Some(("mode", v)) if u32::from_str_radix(v, 8).is_ok_and(|x| x <= 0o7777) => {}
+                    Some(("uid" | "gid", v)) if v.parse::<u32>().is_ok() => {}
+                    None if ["rw", "ro", "noexec", "nosuid", "nodev"].contains(&o) => {}
+                    _ => self.refuse(s, "tmpfs", format!("option {o:?}: tmpfs mounts are always noexec,nosuid,nodev; allowed: size, mode, uid, gid, ro, rw")),
+                }
             }
         }
     }
+
+    fn bind(&mut self, s: &str, key: &str, source: &str) {
+        if source.contains("docker.sock") || source.contains("containerd.sock") {
+            self.refuse(
+                s,
+                key,
+                format!("mounting the engine socket {source:?} gives root on the host"),
+            );
+        } else {
+            self.refuse(s, key, format!("bind mount of host path {source:?} is not allowed; use a named volume (it lives on the tenant's encrypted volume) and copy files in at build time"));
+        }
+    }
+}
+
+/// Why a key outside the model is refused.
+fn other_rule(key: &str) -> String {
+    match key {
+        "pid" | "uts" => "host namespaces are shared with other tenants; never allowed",
+        "userns_mode" => "the user namespace is set by the tenant engine; userns_mode would undo the remapping",
+        "cgroup_parent" => "containers stay inside the tenant's cgroup; cgroup_parent would escape its limits",
+        "devices" | "device_cgroup_rules" | "gpus" => "host devices are not available to tenants",
+        "ports" => "no host ports: public traffic reaches the tenant through sni-proxy; use expose",
+        "oom_kill_disable" => "a container that cannot be OOM-killed can starve the host; the tenant limit must be able to kill",
+        "build" => "images are not built on the shared host; push to a registry or load a tarball (`hostd ctl load`)",
+        "env_file" => "env_file reads files from the host; send the variables with the deploy (`--env-file`) or put them in `environment`",
+        "secrets" | "configs" => "file-based secrets and configs read the host's files; hostd mounts the tenant's secrets (its SSM parameters) under /run/secrets/m8trx",
+        "runtime" | "isolation" => "the container runtime is fixed by hostd",
+        "storage_opt" | "blkio_config" => "storage options reference host devices; the tenant volume sets the disk quota",
+        "external_links" => "links to containers outside this project are not allowed",
+        "links" => "services reach each other by name on the project network; use the service name or networks.<net>.aliases",
+        "extends" => "extends reads other files from the host; send one self-contained compose file",
+        "credential_spec" => "not supported on Linux tenants",
+        "mac_address" | "link_local_ips" => "addresses are allocated by hostd",
+        "container_name" => "hostd names containers m8trx-<tenant>-<service>-1; refer to the service by its name",
+        "scale" => "one container per service on a shared host; remove scale",
+        "platform" => "images run on the host's platform; remove platform",
+        "memswap_limit" | "memswap" => "tenants have no swap: the memory limit is the limit; remove memswap_limit",
+        "cpu_quota" | "cpu_period" | "cpu_rt_runtime" | "cpu_rt_period" | "cpu_count" | "cpu_percent" => "use cpus (or deploy.resources.limits.cpus)",
+        "cpuset" => "pinning CPUs of a shared host is not allowed; use cpus",
+        "attach" | "develop" => "a compose CLI option with no meaning for a deploy by hostd; remove it",
+        "annotations" => "OCI annotations configure the runtime, which hostd fixes",
+        "post_start" | "pre_stop" => "lifecycle hooks are not supported yet; run the command from the entrypoint",
+        "stop_timeout" => "use stop_grace_period",
+        "label_file" => "reads files from the host; put the labels in `labels`",
+        _ => "unsupported key; hostd accepts only compose keys it translates (see hostd/README.md)",
+    }
+    .to_owned()
+}
+
+/// The registry host an image reference names (`ghcr.io` of `ghcr.io/org/app:1`), lower-case
+/// and without its port; `None` for Docker Hub references (`nginx`, `library/nginx:1`).
+pub fn registry_host(image: &str) -> Option<String> {
+    let first = image.split('/').next().unwrap_or("");
+    if !image.contains('/') || !(first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        return None;
+    }
+    let host = if let Some(rest) = first.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        first.rsplit_once(':').map_or(first, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                first
+            }
+        })
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Addresses a tenant engine (in the host's network namespace) must never pull from: the host
+/// itself, link-local (the metadata service), private and unspecified ones.
+pub fn forbidden_registry_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| forbidden_registry_ip(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Why an image reference names a registry tenants may not pull from (by name or address; the
+/// deploy also checks what a registry name resolves to before it pulls).
+pub fn registry_refusal(image: &str) -> Option<String> {
+    let host = registry_host(image)?;
+    let bad = host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(forbidden_registry_ip);
+    bad.then(|| format!("registry {host:?} is on the host itself or a private/link-local address, which tenant engines (in the host's network namespace) must not reach; push the image to a public registry or load it with `hostd ctl load`"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use m8trx_spec::tenant::ByteSize;
+
+    fn limits() -> Limits {
+        Limits {
+            cpu: 1.0,
+            memory: ByteSize(1 << 30),
+            pids: 512,
+            disk: ByteSize(1 << 30),
+            io_read: m8trx_spec::tenant::DEFAULT_IO_READ,
+            io_write: m8trx_spec::tenant::DEFAULT_IO_WRITE,
+        }
+    }
 
     fn violations(text: &str) -> Vec<Violation> {
-        match check_compose(text) {
+        match check_compose(text, &HashMap::new(), &limits()) {
             Err(PolicyError::Refused(v)) => v,
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -510,37 +877,97 @@ services:
     healthcheck: { test: ["CMD", "wget", "-q", "-O-", "http://localhost:8080/"], interval: 5s }
     labels: { team: web }
     logging: { driver: local }
+    deploy: { resources: { limits: { cpus: "0.5", memory: 256m, pids: 100 } } }
 volumes:
   caddy-data: {}
 networks:
   default: { driver: bridge }
 "#;
-        check_compose(ok).unwrap();
+        check_compose(ok, &HashMap::new(), &limits()).unwrap();
     }
 
     #[test]
     fn reports_every_violation_with_service_key_and_rule() {
-        let v =
-            violations("services:\n  web:\n    image: x\n    privileged: true\n    pid: host\n");
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0].service.as_deref(), Some("web"));
-        assert_eq!(v[0].key, "privileged");
+        let v = violations("services:\n  web:\n    image: x\n    privileged: true\n    pid: host\n    cap_add: ALL\n");
+        let keys: Vec<&str> = v.iter().map(|x| x.key.as_str()).collect();
+        assert_eq!(keys, ["cap_add", "privileged", "pid"], "{v:#?}");
         assert!(
-            v[0].to_string().contains("service `web`, key `privileged`"),
+            v[1].to_string().contains("service `web`, key `privileged`"),
             "{}",
-            v[0]
+            v[1]
         );
-        assert_eq!(v[1].key, "pid");
+    }
+
+    #[test]
+    fn service_namespaces_name_a_service_of_the_file() {
+        let v =
+            violations("services:\n  web:\n    image: x\n    network_mode: service:tailscale\n");
+        assert_eq!(v[0].key, "network_mode");
+        assert!(v[0].rule.contains("names no other service"), "{}", v[0]);
+        check_compose("services:\n  web:\n    image: x\n  side:\n    image: y\n    network_mode: service:web\n    ipc: service:web\n", &HashMap::new(), &limits()).unwrap();
+    }
+
+    #[test]
+    fn unlimited_and_oversized_values_are_refused() {
+        let v = violations("services:\n  web:\n    image: x\n    mem_limit: 0\n    pids_limit: -1\n    cpus: 4\n    tmpfs: ['/cache:size=500g,exec']\n");
+        let keys: Vec<&str> = v.iter().map(|x| x.key.as_str()).collect();
+        assert!(
+            keys.contains(&"mem_limit") && keys.contains(&"pids_limit") && keys.contains(&"cpus"),
+            "{v:#?}"
+        );
+        assert_eq!(
+            keys.iter().filter(|k| **k == "tmpfs").count(),
+            2,
+            "size and exec: {v:#?}"
+        );
+    }
+
+    #[test]
+    fn healthchecks_are_bounded() {
+        let v = violations("services:\n  web:\n    image: x\n    healthcheck: {test: [CMD, 'true'], interval: 1ms, timeout: 1ms, retries: 1000}\n");
+        let keys: Vec<&str> = v.iter().map(|x| x.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "healthcheck.interval",
+                "healthcheck.timeout",
+                "healthcheck.retries"
+            ]
+        );
+    }
+
+    #[test]
+    fn loopback_and_private_registries_are_refused() {
+        for image in [
+            "localhost:5000/x",
+            "127.0.0.1:5000/x",
+            "[::1]:5000/x",
+            "169.254.169.254/x",
+            "10.0.0.5/x:1",
+            "0.0.0.0:80/x",
+        ] {
+            assert!(registry_refusal(image).is_some(), "{image}");
+        }
+        for image in [
+            "nginx",
+            "library/nginx:1",
+            "ghcr.io/org/app:1",
+            "registry.example.com:5000/x",
+            "public.ecr.aws/a/b",
+        ] {
+            assert!(registry_refusal(image).is_none(), "{image}");
+        }
     }
 
     #[test]
     fn not_yaml_is_a_syntax_error() {
+        let l = limits();
         assert!(matches!(
-            check_compose("services: [unclosed"),
+            check_compose("services: [unclosed", &HashMap::new(), &l),
             Err(PolicyError::Syntax(_))
         ));
         assert!(matches!(
-            check_compose("- a list"),
+            check_compose("- a list", &HashMap::new(), &l),
             Err(PolicyError::Syntax(_))
         ));
     }

@@ -140,8 +140,11 @@ impl Store {
         }
     }
 
-    /// Every record, by key, in key order.
-    pub fn all<T: DeserializeOwned>(&self) -> Result<BTreeMap<String, T>, StateError> {
+    /// Every record, by key, in key order; one that cannot be read or parsed is an `Err`
+    /// with the reason, so one bad file spoils nothing else.
+    pub fn all_entries<T: DeserializeOwned>(
+        &self,
+    ) -> Result<BTreeMap<String, Result<T, String>>, StateError> {
         let mut out = BTreeMap::new();
         for e in std::fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
             let name = e
@@ -149,13 +152,30 @@ impl Store {
                 .file_name()
                 .to_string_lossy()
                 .into_owned();
-            if let Some(key) = name.strip_suffix(SUFFIX) {
-                if let Some(v) = self.get(key)? {
-                    out.insert(key.to_owned(), v);
+            let Some(key) = name.strip_suffix(SUFFIX) else {
+                continue;
+            };
+            match self.get(key) {
+                Ok(Some(v)) => {
+                    out.insert(key.to_owned(), Ok(v));
+                }
+                // Deleted between the listing and the read.
+                Ok(None) => {}
+                Err(e) => {
+                    out.insert(key.to_owned(), Err(e.to_string()));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Every readable record, by key, in key order; unreadable ones are left out.
+    pub fn all<T: DeserializeOwned>(&self) -> Result<BTreeMap<String, T>, StateError> {
+        Ok(self
+            .all_entries()?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.ok()?)))
+            .collect())
     }
 }
 
@@ -224,6 +244,14 @@ mod tests {
             e.to_string().contains("beta.json is not a valid record"),
             "{e}"
         );
+        // One bad record spoils nothing else: listed with its reason, the rest read.
+        s.put("acme", &7u32).unwrap();
+        let all = s.all_entries::<u32>().unwrap();
+        assert_eq!(all["acme"], Ok(7));
+        assert!(all["beta"]
+            .as_ref()
+            .is_err_and(|r| r.contains("not a valid record")));
+        assert_eq!(s.all::<u32>().unwrap().len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

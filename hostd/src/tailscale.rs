@@ -6,7 +6,8 @@
 //! (`file:` form, which `tailscale up --auth-key` reads) hostd wrote from the tenant's
 //! `tailscale-auth-key` parameter.
 
-use serde_norway::{Mapping, Value};
+use crate::compose::model::forms::Pairs;
+use crate::compose::model::{ComposeFile, Service, ServiceVolume};
 
 use crate::secrets::SECRETS_MOUNT;
 
@@ -41,47 +42,40 @@ pub fn extra_args(tenant: &str) -> String {
     )
 }
 
-/// Adds the sidecar service and its state volume to an (already policy-checked) document.
-pub fn add_sidecar(doc: &mut Mapping, cfg: &TailscaleConfig, tenant: &str) -> Result<(), Reserved> {
-    let s = |x: &str| Value::String(x.to_owned());
-    let services = doc
-        .entry(s("services"))
-        .or_insert_with(|| Value::Mapping(Mapping::new()));
-    let Value::Mapping(services) = services else {
+/// Adds the sidecar service and its state volume to an (already policy-checked) file.
+pub fn add_sidecar(
+    file: &mut ComposeFile,
+    cfg: &TailscaleConfig,
+    tenant: &str,
+) -> Result<(), Reserved> {
+    if file.services.contains_key(SERVICE) {
         return Err(Reserved);
+    }
+    let env = [
+        (
+            "TS_AUTHKEY",
+            format!("file:{SECRETS_MOUNT}/tailscale-auth-key"),
+        ),
+        ("TS_HOSTNAME", format!("{}-{tenant}", cfg.host_id)),
+        ("TS_USERSPACE", "true".to_owned()),
+        ("TS_STATE_DIR", STATE_DIR.to_owned()),
+        ("TS_EXTRA_ARGS", extra_args(tenant)),
+    ];
+    let svc = Service {
+        image: Some(cfg.image.clone()),
+        environment: Some(Pairs(
+            env.into_iter()
+                .map(|(k, v)| (k.to_owned(), Some(v)))
+                .collect(),
+        )),
+        volumes: Some(vec![ServiceVolume::Short(format!(
+            "{STATE_VOLUME}:{STATE_DIR}"
+        ))]),
+        restart: Some("unless-stopped".into()),
+        ..Default::default()
     };
-    if services.contains_key(SERVICE) {
-        return Err(Reserved);
-    }
-    let mut env = Mapping::new();
-    env.insert(
-        s("TS_AUTHKEY"),
-        s(&format!("file:{SECRETS_MOUNT}/tailscale-auth-key")),
-    );
-    env.insert(s("TS_HOSTNAME"), s(&format!("{}-{tenant}", cfg.host_id)));
-    env.insert(s("TS_USERSPACE"), s("true"));
-    env.insert(s("TS_STATE_DIR"), s(STATE_DIR));
-    env.insert(s("TS_EXTRA_ARGS"), s(&extra_args(tenant)));
-    let mut svc = Mapping::new();
-    svc.insert(s("image"), s(&cfg.image));
-    svc.insert(s("environment"), Value::Mapping(env));
-    svc.insert(
-        s("volumes"),
-        Value::Sequence(vec![s(&format!("{STATE_VOLUME}:{STATE_DIR}"))]),
-    );
-    svc.insert(s("restart"), s("unless-stopped"));
-    services.insert(s(SERVICE), Value::Mapping(svc));
-    let volumes = doc
-        .entry(s("volumes"))
-        .or_insert_with(|| Value::Mapping(Mapping::new()));
-    if let Value::Mapping(v) = volumes {
-        v.insert(s(STATE_VOLUME), Value::Mapping(Mapping::new()));
-    } else {
-        *volumes = Value::Mapping(Mapping::from_iter([(
-            s(STATE_VOLUME),
-            Value::Mapping(Mapping::new()),
-        )]));
-    }
+    file.services.insert(SERVICE.to_owned(), svc);
+    file.volumes.insert(STATE_VOLUME.to_owned(), None);
     Ok(())
 }
 
@@ -98,37 +92,43 @@ mod tests {
 
     #[test]
     fn sidecar_carries_the_contract_and_passes_the_policy() {
-        let mut doc =
-            crate::policy::check_compose("services:\n  app:\n    image: example/app:1\n").unwrap();
-        add_sidecar(&mut doc, &cfg(), "acme").unwrap();
-        let ts = &doc["services"]["tailscale"];
+        let limits = crate::spec::Template::Agent.default_limits();
+        let vars = std::collections::HashMap::new();
+        let mut file = crate::policy::check_compose(
+            "services:\n  app:\n    image: example/app:1\n",
+            &vars,
+            &limits,
+        )
+        .unwrap();
+        add_sidecar(&mut file, &cfg(), "acme").unwrap();
+        let ts = &file.services["tailscale"];
+        assert_eq!(ts.image.as_deref(), Some("tailscale/tailscale@sha256:0000"));
+        let env: std::collections::HashMap<_, _> =
+            ts.environment.as_ref().unwrap().0.iter().cloned().collect();
+        assert_eq!(env["TS_HOSTNAME"].as_deref(), Some("host-7-acme"));
         assert_eq!(
-            ts["image"].as_str(),
-            Some("tailscale/tailscale@sha256:0000")
-        );
-        assert_eq!(
-            ts["environment"]["TS_HOSTNAME"].as_str(),
-            Some("host-7-acme")
-        );
-        assert_eq!(
-            ts["environment"]["TS_AUTHKEY"].as_str(),
+            env["TS_AUTHKEY"].as_deref(),
             Some("file:/run/secrets/m8trx/tailscale-auth-key")
         );
         assert_eq!(
-            ts["environment"]["TS_EXTRA_ARGS"].as_str(),
+            env["TS_EXTRA_ARGS"].as_deref(),
             Some("--advertise-tags=tag:m8trx-cust-acme --ssh=false --accept-dns=false --accept-routes=false")
         );
-        assert!(doc["volumes"].get(STATE_VOLUME).is_some());
+        assert!(file.volumes.contains_key(STATE_VOLUME));
         // What hostd adds is itself within the tenant policy.
-        let text = serde_norway::to_string(&doc).unwrap();
-        crate::policy::check_compose(&text).unwrap();
+        let v = crate::policy::check(&file, &limits);
+        assert!(v.is_empty(), "{v:#?}");
     }
 
     #[test]
     fn a_user_service_named_tailscale_is_refused() {
-        let mut doc =
-            crate::policy::check_compose("services:\n  tailscale:\n    image: example/app:1\n")
-                .unwrap();
-        assert!(add_sidecar(&mut doc, &cfg(), "acme").is_err());
+        let limits = crate::spec::Template::Agent.default_limits();
+        let mut file = crate::policy::check_compose(
+            "services:\n  tailscale:\n    image: example/app:1\n",
+            &Default::default(),
+            &limits,
+        )
+        .unwrap();
+        assert!(add_sidecar(&mut file, &cfg(), "acme").is_err());
     }
 }

@@ -14,6 +14,9 @@ pub enum VolumeError {
     /// No block device carries the EBS volume's serial.
     #[error("EBS volume {0} is not attached to this host (no device with its serial under /dev/disk/by-id or /sys/block); attach it (control does) and retry")]
     NotAttached(String),
+    /// A loop image has no loop device (the Volume step attaches it).
+    #[error("loop image {0} is not attached to a loop device; the Volume step attaches it: run the command again")]
+    LoopNotAttached(String),
     /// The device holds a filesystem hostd did not make.
     #[error("{device} carries a {fstype} filesystem; hostd formats only empty devices and never reformats: check that the volume id is the tenant's")]
     ForeignFilesystem {
@@ -103,6 +106,27 @@ pub fn ebs_device(by_id: &Path, sys_block: &Path, volume_id: &str) -> Option<Pat
         }
     }
     None
+}
+
+/// A block device's (major, minor), as the kernel numbers it (`stat`'s st_rdev).
+pub fn device_number(dev: &Path) -> Result<(u32, u32), VolumeError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(dev).map_err(io("stat", dev))?;
+    if !meta.file_type().is_block_device() {
+        return Err(VolumeError::Io {
+            action: "use as a block device",
+            path: dev.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a block device"),
+        });
+    }
+    Ok(split_rdev(meta.rdev()))
+}
+
+/// glibc's `gnu_dev_major`/`gnu_dev_minor` encoding of a 64-bit device number.
+fn split_rdev(rdev: u64) -> (u32, u32) {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major as u32, minor as u32)
 }
 
 /// The loop devices backed by `image`.
@@ -248,6 +272,22 @@ pub fn unmount(mountpoint: &Path) -> Result<(), VolumeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_numbers_split_as_glibc_does() {
+        // makedev(7, 3), makedev(259, 1) and makedev(254, 1048575) in glibc's encoding.
+        assert_eq!(split_rdev(0x0703), (7, 3));
+        assert_eq!(split_rdev(0x10301), (259, 1));
+        let (maj, min) = (254u64, 1_048_575u64);
+        let rdev =
+            (min & 0xff) | ((maj & 0xfff) << 8) | ((min & !0xff) << 12) | ((maj & !0xfff) << 32);
+        assert_eq!(split_rdev(rdev), (254, 1_048_575));
+    }
+
+    #[test]
+    fn the_null_device_is_no_block_device() {
+        assert!(device_number(Path::new("/dev/null")).is_err());
+    }
 
     #[test]
     fn ebs_device_is_found_by_nvme_serial_link_or_sysfs() {

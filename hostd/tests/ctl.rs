@@ -31,6 +31,26 @@ fn pids_in_tenant_cgroup(name: &str) -> u64 {
         .unwrap()
 }
 
+/// `pid state command` of every process in the tenant's cgroup tree, for failure messages.
+fn processes_in_tenant_cgroup(name: &str) -> String {
+    let cg = hostd::cgroup::CgroupFs::detect().unwrap().tenant(name);
+    let mut out = String::new();
+    for dir in cg.dirs() {
+        let found = std::process::Command::new("find")
+            .arg(&dir)
+            .args(["-name", "cgroup.procs"])
+            .output()
+            .unwrap();
+        for procs in String::from_utf8_lossy(&found.stdout).lines() {
+            for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                out.push_str(&format!("[{procs}] {stat}\n"));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn serve_and_ctl_create_deploy_restart_destroy() {
     require_root();
@@ -54,7 +74,7 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
     )
     .unwrap();
     let o = d.ctl(&["create", "-f", bad.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
     assert!(
         text(&o).contains("limits.cpu"),
         "the refusal names the field: {}",
@@ -107,7 +127,7 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         text(&o)
     );
     let o = d.ctl(&["load", &name, "-i", "/etc/hostname"]);
-    assert_eq!(o.status.code(), Some(1), "not a tarball: {}", text(&o));
+    assert_eq!(o.status.code(), Some(6), "not a tarball: {}", text(&o));
     let compose = dir.join("compose.yml");
     std::fs::write(
         &compose,
@@ -131,7 +151,7 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
     )
     .unwrap();
     let o = d.ctl(&["deploy", &name, "-f", hostile.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(6));
     assert!(
         text(&o).contains("service `app`, key `privileged`"),
         "{}",
@@ -148,7 +168,7 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         "{logs}"
     );
     let o = d.ctl(&["logs", &name, "nosuch"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(4));
     assert!(text(&o).contains("no container of service"), "{}", text(&o));
 
     // The engine dies (kill -9): the supervisor starts a new one, and with live-restore
@@ -208,7 +228,8 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
     assert_eq!(
         pids_in_tenant_cgroup(&name),
         0,
-        "no process left in the tenant's cgroup"
+        "no process left in the tenant's cgroup: {}",
+        processes_in_tenant_cgroup(&name)
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -216,7 +237,7 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         "the supervisor leaves a stopped tenant stopped"
     );
     let o = d.ctl(&["logs", &name]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     assert!(
         text(&o).contains("hostd ctl start"),
         "says what to do: {}",
@@ -272,7 +293,7 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
     assert!(o.status.success(), "destroy failed: {}", text(&o));
     assert_eq!(
         d.ctl(&["status", &name]).status.code(),
-        Some(1),
+        Some(4),
         "gone after destroy"
     );
     assert!(

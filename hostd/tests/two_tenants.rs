@@ -239,7 +239,11 @@ fn two_tenants_are_isolated_from_each_other() {
 
     for name in [&a, &b] {
         d.ok(&["destroy", name, "--wipe"]);
-        assert_eq!(d.ctl(&["status", name]).status.code(), Some(1));
+        assert_eq!(
+            d.ctl(&["status", name]).status.code(),
+            Some(4),
+            "no such tenant"
+        );
         assert!(!cg.tenant(name).exists(), "{name}: cgroup removed");
         assert!(
             !std::path::Path::new(&format!("{}/{name}", support::RUN_ROOT)).exists(),

@@ -15,8 +15,14 @@ apt-get -y -q install --no-install-recommends \
 apt-get -y -q purge telnet ftp rsh-client talk whoopsie apport popularity-contest openssh-server || true
 apt-get -y -q autoremove --purge
 
-# CloudWatch agent (ships audit, auth, syslog and the m8trx daemons' logs).
-curl -fsSLo /tmp/amazon-cloudwatch-agent.deb \
-  https://s3.amazonaws.com/amazoncloudwatch-agent/ubuntu/amd64/latest/amazon-cloudwatch-agent.deb
-dpkg -i /tmp/amazon-cloudwatch-agent.deb
-rm -f /tmp/amazon-cloudwatch-agent.deb
+# CloudWatch agent (ships audit, auth, syslog and the m8trx daemons' logs). It comes from
+# AWS, not from the distribution: the VM test tier (no route outside the test machine) sets
+# M8TRX_SKIP_AWS=1 to skip exactly this step.
+if [ "${M8TRX_SKIP_AWS:-0}" = 1 ]; then
+  echo "M8TRX_SKIP_AWS=1: CloudWatch agent not installed"
+else
+  curl -fsSLo /tmp/amazon-cloudwatch-agent.deb \
+    https://s3.amazonaws.com/amazoncloudwatch-agent/ubuntu/amd64/latest/amazon-cloudwatch-agent.deb
+  dpkg -i /tmp/amazon-cloudwatch-agent.deb
+  rm -f /tmp/amazon-cloudwatch-agent.deb
+fi

@@ -6,7 +6,8 @@ set -euxo pipefail
 
 systemd-analyze verify /etc/systemd/system/hostd.service /etc/systemd/system/sni-proxy.service \
   /etc/systemd/system/cred-broker.service /etc/systemd/system/m8trx-broker-if.service \
-  /etc/systemd/system/m8trx-firewall.service /etc/systemd/system/m8trx-cwagent-config.service
+  /etc/systemd/system/m8trx-firewall.service /etc/systemd/system/m8trx-cwagent-config.service \
+  /etc/systemd/system/m8trx-instance-env.service
 # systemd's own exposure score, printed into the build log (Ubuntu 22.04's systemd 249
 # has no --threshold, so the hardening keys themselves are asserted by scripts/infra).
 systemd-analyze security --no-pager sni-proxy.service cred-broker.service hostd.service || true
@@ -22,8 +23,10 @@ apparmor_parser --skip-kernel-load --skip-cache -Q /tmp/m8trx-tenant-sample
 rm -f /tmp/m8trx-tenant-sample
 
 augenrules --check || augenrules --load
-sysctl --load=/etc/sysctl.d/99-m8trx-shared-host.conf >/dev/null
+# The loader that applies the file at boot: it honours '-' (keys absent on this kernel, such as
+# kernel.io_uring_disabled before 6.6), where procps' `sysctl --load` fails on them.
+/lib/systemd/systemd-sysctl /etc/sysctl.d/99-m8trx-shared-host.conf
 
 systemctl start m8trx-firewall.service m8trx-broker-if.service
 ip -4 addr show dev m8trx-broker | grep -q 169.254.170.23/32
-iptables -t raw -C PREROUTING -j M8TRX-RAW
+iptables -t raw -C PREROUTING -j M8TRX-HOST-RAW

@@ -155,14 +155,16 @@ KNOWN = {
     "Unit": {"Description", "Documentation", "After", "Before", "Wants", "Requires", "BindsTo", "DefaultDependencies",
              "StartLimitIntervalSec", "StartLimitBurst"},
     "Service": {"Type", "User", "Group", "EnvironmentFile", "ExecStart", "ExecStop", "Restart", "RestartSec", "RemainAfterExit", "KillMode",
+                "TimeoutStartSec",
                 "Delegate", "TasksMax", "LimitNOFILE", "UMask", "StateDirectory", "StateDirectoryMode", "RuntimeDirectory",
-                "RuntimeDirectoryMode", "RuntimeDirectoryPreserve", "LogsDirectory", "AmbientCapabilities",
+                "RuntimeDirectoryMode", "RuntimeDirectoryPreserve", "LogsDirectory", "ReadWritePaths", "AmbientCapabilities",
                 "CapabilityBoundingSet", "NoNewPrivileges", "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices",
                 "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
                 "ProtectHostname", "ProtectProc", "ProcSubset", "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID",
                 "RemoveIPC", "LockPersonality", "MemoryDenyWriteExecute", "SystemCallArchitectures", "SystemCallFilter",
                 "SystemCallErrorNumber", "RestrictAddressFamilies", "DevicePolicy", "KeyringMode"},
     "Install": {"WantedBy"},
+    "Scope": {"TimeoutStopSec"},
 }
 BOOLS = {"NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables", "ProtectKernelModules",
          "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock", "ProtectHostname", "RestrictNamespaces",
@@ -211,6 +213,25 @@ def test_unit_parses_and_every_exec_is_an_absolute_path(path):
                 assert (UNITS / name).exists(), f"{path.name} requires {name}, which is not shipped"
 
 
+def test_container_scopes_stop_in_docker_stop_time_and_the_drop_in_is_installed():
+    """Without the drop-in a reboot waits systemd's 90 s for each container whose PID 1 ignores
+    SIGTERM (the VM tier saw it); 30-m8trx.sh installs it for every docker-<id>.scope."""
+    u = parse_unit(UNITS / "docker-scope-stop.conf")
+    assert u == {"Scope": {"TimeoutStopSec": ["10s"]}}
+    text = (PACKER / "scripts" / "30-m8trx.sh").read_text()
+    assert "/etc/systemd/system/docker-.scope.d/10-m8trx-stop.conf" in text
+
+
+def test_instance_env_retries_imds_within_its_start_timeout():
+    """sni-proxy requires m8trx-instance-env: a first failure would fail sni-proxy's start for
+    good, so the script retries, and the unit's start timeout outlasts the script's wait."""
+    script = (PACKER / "files" / "m8trx" / "m8trx-instance-env").read_text()
+    m = re.search(r"M8TRX_IMDS_WAIT:-(\d+)", script)
+    assert m and "until fetch" in script
+    unit = parse_unit(UNITS / "m8trx-instance-env.service")["Service"]
+    assert int(unit["TimeoutStartSec"][0]) > int(m.group(1))
+
+
 HARDENED = {
     "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
     "PrivateDevices": "yes", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
@@ -230,6 +251,8 @@ def test_unprivileged_daemons_keep_only_net_bind_service(name, user):
         assert s.get(key) == [want], f"{name}: {key}={s.get(key)} (want {want})"
     assert s["SystemCallFilter"][0] == "@system-service"
     assert any(f.startswith("~") and "@privileged" in f and "@mount" in f for f in s["SystemCallFilter"])
+    # Whatever comes back after the deny list is only what the daemon itself needs.
+    assert all(f.startswith(("@system-service", "~")) or f == "capset" for f in s["SystemCallFilter"])
     assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
 
 
@@ -244,6 +267,16 @@ def test_cred_broker_listens_on_the_link_local_address_of_its_dummy_interface():
     assert iface["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
 
 
+def test_sni_proxy_listens_on_the_instance_address_not_the_wildcard():
+    """A wildcard :80 listener and the broker's 169.254.170.23:80 cannot both be bound."""
+    u = parse_unit(UNITS / "sni-proxy.service")
+    assert u["Service"]["EnvironmentFile"] == ["/run/m8trx-instance.env"]
+    assert "m8trx-instance-env.service" in u["Unit"]["Requires"][0]
+    script = (PACKER / "files" / "m8trx" / "m8trx-instance-env").read_text()
+    assert "SNI_PROXY_LISTEN_TLS=%s:443" in script and "SNI_PROXY_LISTEN_HTTP=%s:80" in script
+    assert "--listen" not in u["Service"]["ExecStart"][0]
+
+
 def test_hostd_runs_as_root_without_the_capabilities_it_never_needs():
     s = parse_unit(UNITS / "hostd.service")["Service"]
     assert s.get("User", ["root"]) == ["root"]
@@ -252,8 +285,19 @@ def test_hostd_runs_as_root_without_the_capabilities_it_never_needs():
                   "CAP_SYSLOG", "CAP_AUDIT_CONTROL", "CAP_LINUX_IMMUTABLE", "CAP_MAC_OVERRIDE", "CAP_WAKE_ALARM"]:
         assert never not in caps, never
     assert {"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_MAC_ADMIN"} <= caps
-    assert s["Delegate"] == ["yes"] and s["KillMode"] == ["process"]
+    # Tenant engines are units of their own (m8trx-engine-<name>.service in the tenant's slice),
+    # so hostd.service needs no delegated subtree and keeps systemd's default: stopping hostd
+    # kills hostd's own processes, never a tenant.
+    assert "Delegate" not in s and "KillMode" not in s
+    assert s["EnvironmentFile"] == ["-/run/m8trx-instance.env", "-/etc/m8trx/hostd.env"]
     assert "m8trx-firewall.service" in parse_unit(UNITS / "hostd.service")["Unit"]["Requires"][0]
+    # Options that put the service in a mount namespace of its own (its tenant-volume mounts
+    # would then be invisible to the tenant engines) or under a device policy.
+    for private in ["ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateMounts",
+                    "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
+                    "ProtectClock", "ProtectHostname", "ProtectProc", "ProcSubset", "ReadOnlyPaths",
+                    "InaccessiblePaths", "ReadWritePaths", "DeviceAllow", "DevicePolicy", "MountFlags"]:
+        assert private not in s, f"hostd.service must not set {private}"
 
 
 # --- firewall rules ----------------------------------------------------------------------------
@@ -275,7 +319,9 @@ def parse_rules(path: Path) -> dict[str, list[str]]:
             chains = set()
         elif line.startswith(":"):
             name = line[1:].split()[0]
-            assert name.startswith("M8TRX-"), f"{path.name}:{n}: only M8TRX-* chains may be declared (--noflush)"
+            # hostd owns M8TRX-FORWARD, M8TRX-INPUT, M8TRX-POSTROUTING and M8T-*: the host rules
+            # keep to M8TRX-HOST-* so that neither loader ever flushes the other's chains.
+            assert name.startswith("M8TRX-HOST-"), f"{path.name}:{n}: only M8TRX-HOST-* chains may be declared (--noflush)"
             chains.add(name)
         elif line == "COMMIT":
             table = None
@@ -291,28 +337,28 @@ def parse_rules(path: Path) -> dict[str, list[str]]:
 def test_imds_is_dropped_for_every_tenant_bridge_before_any_accept():
     v4 = parse_rules(PACKER / "files" / "iptables" / "host.rules")
     v6 = parse_rules(PACKER / "files" / "iptables" / "host6.rules")
-    assert "-A M8TRX-RAW -i m8t-+ -d 169.254.169.254/32 -j DROP" in v4["raw"]
-    assert "-A M8TRX-RAW -i m8t-+ -d fd00:ec2::254/128 -j DROP" in v6["raw"]
-    assert "-A M8TRX-FORWARD -i m8t-+ -d 169.254.0.0/16 -j DROP" in v4["filter"]
-    assert "-A M8TRX-FORWARD -i m8t-+ -o m8t-+ -j DROP" in v4["filter"]
+    assert "-A M8TRX-HOST-RAW -i m8t-+ -d 169.254.169.254/32 -j DROP" in v4["raw"]
+    assert "-A M8TRX-HOST-RAW -i m8t-+ -d fd00:ec2::254/128 -j DROP" in v6["raw"]
+    assert "-A M8TRX-HOST-FWD -i m8t-+ -d 169.254.0.0/16 -j DROP" in v4["filter"]
+    assert "-A M8TRX-HOST-FWD -i m8t-+ -o m8t-+ -j DROP" in v4["filter"]
     script = (PACKER / "files" / "m8trx" / "m8trx-firewall").read_text()
-    assert "hook \"$tool\" raw PREROUTING M8TRX-RAW" in script and "-I \"$3\" 1" in script
+    assert "hook \"$tool\" raw PREROUTING M8TRX-HOST-RAW" in script and "-I \"$3\" 1" in script
 
 
 def test_tenant_bridges_reach_only_the_broker_on_the_host():
     rules = parse_rules(PACKER / "files" / "iptables" / "host.rules")["filter"]
-    tenant_input = [r for r in rules if r.startswith("-A M8TRX-INPUT -i m8t-+")]
+    tenant_input = [r for r in rules if r.startswith("-A M8TRX-HOST-IN -i m8t-+")]
     accepts = [r for r in tenant_input if r.endswith("-j ACCEPT") and "ESTABLISHED" not in r]
-    assert accepts == ["-A M8TRX-INPUT -i m8t-+ -d 169.254.170.23/32 -p tcp -m tcp --dport 80 -j ACCEPT"]
-    assert tenant_input[-1] == "-A M8TRX-INPUT -i m8t-+ -j DROP"
+    assert accepts == ["-A M8TRX-HOST-IN -i m8t-+ -d 169.254.170.23/32 -p tcp -m tcp --dport 80 -j ACCEPT"]
+    assert tenant_input[-1] == "-A M8TRX-HOST-IN -i m8t-+ -j DROP"
 
 
 def test_only_root_and_the_broker_user_reach_the_imds_from_the_host():
-    rules = [r for r in parse_rules(PACKER / "files" / "iptables" / "host.rules")["filter"] if "M8TRX-OUTPUT" in r]
+    rules = [r for r in parse_rules(PACKER / "files" / "iptables" / "host.rules")["filter"] if "M8TRX-HOST-OUT" in r]
     assert rules == [
-        "-A M8TRX-OUTPUT -d 169.254.169.254/32 -m owner --uid-owner 0 -j RETURN",
-        "-A M8TRX-OUTPUT -d 169.254.169.254/32 -m owner --uid-owner m8trx-broker -j RETURN",
-        "-A M8TRX-OUTPUT -d 169.254.169.254/32 -j DROP",
+        "-A M8TRX-HOST-OUT -d 169.254.169.254/32 -m owner --uid-owner 0 -j RETURN",
+        "-A M8TRX-HOST-OUT -d 169.254.169.254/32 -m owner --uid-owner m8trx-broker -j RETURN",
+        "-A M8TRX-HOST-OUT -d 169.254.169.254/32 -j DROP",
     ]
 
 

@@ -7,6 +7,9 @@
 //!   ns                namespace, socket-family and personality attempts; print `NS WHAT RET ERRNO`
 //!   workload DIR      the normal syscalls of a web stack; print `OK WHAT` or `FAIL WHAT ERROR`,
 //!                     exit 0 only when every check passed
+//!   mac               sockets seccomp lets through, for the tenant AppArmor profile to judge:
+//!                     inet raw (refused, audited), netlink dgram and inet stream (allowed);
+//!                     print `MAC WHAT RET ERRNO`
 //!   true              exit 0 (the child of the fork/exec check)
 
 use std::ffi::{c_int, c_long, c_void};
@@ -362,15 +365,32 @@ fn workload(dir: &str) -> ExitCode {
     }
 }
 
+fn mac() -> ExitCode {
+    for (what, domain, ty, proto) in [
+        ("socket_inet_raw", 2, 3, 1),
+        ("socket_netlink_dgram", 16, 2, 0),
+        ("socket_inet_stream", 2, 1, 0),
+    ] {
+        let fd = unsafe { socket(domain, ty, proto) };
+        let e = if fd < 0 { errno() } else { 0 };
+        println!("MAC {what} {fd} {e}");
+        if fd >= 0 {
+            unsafe { close(fd) };
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("deny") => deny(&args[1..]),
         Some("ns") => ns(),
+        Some("mac") => mac(),
         Some("workload") => workload(args.get(1).map(String::as_str).unwrap_or("/tmp")),
         Some("true") => ExitCode::SUCCESS,
         _ => {
-            eprintln!("usage: probe deny NAME=NR... | ns | workload DIR | true");
+            eprintln!("usage: probe deny NAME=NR... | ns | mac | workload DIR | true");
             ExitCode::from(2)
         }
     }

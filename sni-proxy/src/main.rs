@@ -33,11 +33,12 @@ struct Cli {
         default_value = "/etc/m8trx/sni-proxy.toml"
     )]
     routes: PathBuf,
-    /// Address of the TLS passthrough listener.
-    #[arg(long, default_value = "0.0.0.0:443")]
+    /// Address of the TLS passthrough listener. On a shared host: the instance's own address
+    /// (a wildcard :80 cannot sit beside the credential broker's 169.254.170.23:80).
+    #[arg(long, env = "SNI_PROXY_LISTEN_TLS", default_value = "0.0.0.0:443")]
     listen_tls: SocketAddr,
     /// Address of the plain HTTP listener (ACME HTTP-01 and redirects to https).
-    #[arg(long, default_value = "0.0.0.0:80")]
+    #[arg(long, env = "SNI_PROXY_LISTEN_HTTP", default_value = "0.0.0.0:80")]
     listen_http: SocketAddr,
     /// Do not open the plain HTTP listener.
     #[arg(long)]

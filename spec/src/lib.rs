@@ -5,6 +5,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod tenant;
+
+pub use tenant::TenantSpec;
+
 /// The six SSM parameters every customer has under `/m8trx/<name>/`.
 pub const SSM_PARAMETERS: [SsmParameter; 6] = [
     SsmParameter {
@@ -154,6 +158,27 @@ impl std::str::FromStr for CustomerName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
+}
+
+/// Checks a DNS label: 1–63 of `[a-z0-9-]`, not starting or ending with `-`. The error
+/// completes "the label …", e.g. "must not start or end with '-'".
+pub fn check_dns_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > 63 {
+        return Err(format!(
+            "must be 1 to 63 characters long, got {}",
+            label.len()
+        ));
+    }
+    if let Some(bad) = label
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!("may contain only a-z, 0-9 and '-', found {bad:?}"));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err("must not start or end with '-'".to_owned());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

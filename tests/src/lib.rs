@@ -21,6 +21,49 @@ pub fn env(var: &str) -> String {
     })
 }
 
+/// The checkout's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where `cargo test --workspace` (or `cargo build --workspace`) put this build's binaries:
+/// the directory above the running test binary's `deps/`.
+pub fn bin_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// Compiles the static syscall probe (`seccomp/probe/probe.rs`) to `out` with rustc
+/// (`-C target-feature=+crt-static`: it runs in scratch containers and under raw filters).
+pub fn build_probe(out: &std::path::Path) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../seccomp/probe/probe.rs");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let st = std::process::Command::new(&rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-o",
+        ])
+        .arg(out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("running {rustc} to build the probe: {e}"));
+    assert!(
+        st.status.success(),
+        "building the static probe failed (needs rustc and libc6-dev's libc.a):\n{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
 /// Stops the test unless it runs as root, which dockerd, iptables and cgroups need.
 pub fn require_root() {
     let uid = std::fs::read_to_string("/proc/self/status")

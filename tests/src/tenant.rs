@@ -45,7 +45,7 @@ impl Tenant {
             data_root: PathBuf::from(format!("/var/lib/m8trx-e2e/engines/{name}")),
             run_root: PathBuf::from("/run/m8trx-e2e/engines"),
             containerd: env("M8TRX_CONTAINERD_SOCKET").into(),
-            cgroup_parent: format!("/m8trx/{name}"),
+            cgroup: CgroupFs::detect().unwrap().tenant(name.as_str()),
             subnet: ids::subnet(slot),
             seccomp_profile: None,
             log: PathBuf::from(env("M8TRX_TEST_HOME")).join(format!("log/engine-{name}.log")),

@@ -1,0 +1,122 @@
+//! The persisted record of one tenant: what it was created from, where it is going, which
+//! steps are known done and what was last deployed. Configuration (the spec, the deployed
+//! compose file) and runtime progress (`done`, `stopped_containers`) live side by side in
+//! one file so that one atomic write moves the tenant from one consistent state to the next.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::TenantSpec;
+use crate::steps::StepKind;
+
+/// Where the tenant is going; reconciliation continues in this direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    /// Provisioned and running.
+    Present,
+    /// Provisioned, containers and engine stopped; everything kept (`hostd ctl stop`).
+    Stopped,
+    /// Torn down; the record is deleted once nothing is left.
+    Absent,
+}
+
+/// The compose file last accepted for the tenant: what reconcile redeploys after a reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Counts accepted deploys from 1; shown by `hostd ctl status`.
+    pub revision: u64,
+    /// The file exactly as submitted; checked again by the policy before every redeploy.
+    pub compose: String,
+    /// The variables submitted with it (the env file): the same interpolation on a redeploy.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// When it was accepted (seconds since the epoch).
+    pub accepted_at: u64,
+    /// When a deploy of this revision last completed.
+    #[serde(default)]
+    pub deployed_at: Option<u64>,
+    /// Why the last attempt to deploy this revision failed; cleared when one succeeds.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The persisted record of one tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The spec it was created from.
+    pub spec: TenantSpec,
+    /// Its slot (subid range, subnet, chain names).
+    pub slot: u16,
+    /// Where it is going.
+    pub desired: Desired,
+    /// Steps known to be complete.
+    pub done: Vec<StepKind>,
+    /// Remove the engine's data on destroy.
+    #[serde(default)]
+    pub wipe: bool,
+    /// All networking cut, everything kept for forensics (`hostd ctl quarantine`).
+    #[serde(default)]
+    pub quarantined: bool,
+    /// Containers that were running when the tenant was stopped; `start` starts them again.
+    #[serde(default)]
+    pub stopped_containers: Vec<String>,
+    /// The compose file last accepted, if any.
+    #[serde(default)]
+    pub deployment: Option<Deployment>,
+}
+
+impl Record {
+    /// A new record of `spec` in `slot`, going to present, nothing done yet.
+    pub fn new(spec: TenantSpec, slot: u16) -> Self {
+        Self {
+            spec,
+            slot,
+            desired: Desired::Present,
+            done: Vec::new(),
+            wipe: false,
+            quarantined: false,
+            stopped_containers: Vec::new(),
+            deployment: None,
+        }
+    }
+
+    /// The tenant's name, as the store keys it.
+    pub fn name(&self) -> &str {
+        self.spec.name.as_str()
+    }
+
+    /// Whether its containers should be running and reachable.
+    pub fn serving(&self) -> bool {
+        self.desired == Desired::Present && !self.quarantined
+    }
+}
+
+/// Seconds since the epoch, for the times records keep.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_written_before_deployments_existed_still_reads() {
+        let old = r#"{"spec":{"version":1,"name":"acme","template":"baseline",
+            "subdomains":["acme.example.com"],
+            "limits":{"cpu":0.5,"memory":"256Mi","pids":256,"disk":"1Gi"},
+            "volume":{"loop_image":"/tmp/acme.img"},
+            "role":{"arn":"arn:aws:iam::123456789012:role/r","external_id":"x"}},
+            "slot":3,"desired":"present","done":["user","id_ranges","engine"]}"#;
+        let r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!(r.deployment, None);
+        assert_eq!(
+            r.done,
+            vec![StepKind::User, StepKind::IdRanges, StepKind::Engine]
+        );
+        assert!(r.serving());
+    }
+}

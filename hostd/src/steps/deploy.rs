@@ -1,0 +1,142 @@
+//! The tenant's containers. A deploy records the compose file in the tenant's record
+//! (revision, time) before running it, so this step — run on every reconcile — brings the
+//! project back after a host reboot or a lost engine data root: containers a crash killed
+//! are started again, the ones a stop recorded are resumed, and when a service of the
+//! recorded file has no container at all the whole file is deployed again. A quarantined
+//! tenant is left exactly as it is, for forensics.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bollard::Docker;
+
+use crate::compose::{Bundle, ComposeFile};
+
+use super::{Run, Step, StepKind};
+use crate::error::StepError;
+use crate::host::Host;
+use crate::record::{now_secs, Record};
+
+/// Brings the project to the recorded deployment.
+pub struct Deploy;
+
+/// The file a bundle deploys as on this host: read with its variables and checked by the
+/// policy within the tenant's limits, with the tailscale sidecar of an agent tenant added.
+/// The error is the refusal's message (every violation).
+pub fn prepared(host: &Host, rec: &Record, bundle: &Bundle) -> Result<ComposeFile, String> {
+    let mut file = crate::policy::check_compose(&bundle.compose, &bundle.vars(), &rec.spec.limits)
+        .map_err(|e| e.to_string())?;
+    if rec.spec.template == crate::spec::Template::Agent {
+        if let Some(ts) = &host.tailscale {
+            crate::tailscale::add_sidecar(&mut file, ts, rec.name()).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(file)
+}
+
+/// The recorded deployment as a bundle.
+fn recorded(rec: &Record) -> Option<Bundle> {
+    rec.deployment.as_ref().map(|d| Bundle {
+        compose: d.compose.clone(),
+        env: d.env.clone(),
+    })
+}
+
+/// Deploys `doc` into the tenant's engine and records the outcome on the current revision.
+pub async fn deploy_compose(
+    run: &mut Run<'_>,
+    docker: &Docker,
+    file: &ComposeFile,
+    vars: &HashMap<String, String>,
+) -> Result<Vec<String>, StepError> {
+    let hardening = run.host.hardening(run.rec)?;
+    let project =
+        crate::compose::Project::new(docker, run.rec.spec.name.compose_project(), hardening);
+    let name = run.rec.name().to_owned();
+    let result = {
+        let progress = &mut *run.progress;
+        let mut say = |l: String| progress(format!("{name}: {l}"));
+        project.deploy(file, vars, &mut say).await
+    };
+    if let Some(dep) = run.rec.deployment.as_mut() {
+        match &result {
+            Ok(_) => {
+                dep.deployed_at = Some(now_secs());
+                dep.error = None;
+            }
+            Err(e) => dep.error = Some(e.to_string()),
+        }
+        run.save()?;
+    }
+    Ok(result?)
+}
+
+/// Services of the recorded deployment that start (their profile is active) but have no
+/// container in the engine.
+async fn missing(
+    host: &Host,
+    rec: &Record,
+    docker: &Docker,
+) -> Result<Option<(ComposeFile, Bundle, Vec<String>)>, StepError> {
+    let (Some(bundle), Some(dep)) = (recorded(rec), rec.deployment.as_ref()) else {
+        return Ok(None);
+    };
+    let file =
+        prepared(host, rec, &bundle).map_err(|message| StepError::RecordedComposeRefused {
+            revision: dep.revision,
+            message,
+        })?;
+    let project = rec.spec.name.compose_project();
+    let have = crate::containers::names(docker, &project).await?;
+    let active =
+        crate::compose::active_services(&file, &crate::compose::active_profiles(&bundle.vars()));
+    let lost: Vec<String> = active
+        .into_iter()
+        .filter(|s| !have.contains(&format!("{project}-{s}-1")))
+        .collect();
+    Ok(Some((file, bundle, lost)))
+}
+
+#[async_trait]
+impl Step for Deploy {
+    fn kind(&self) -> StepKind {
+        StepKind::Deploy
+    }
+
+    async fn up(&self, run: &mut Run<'_>) -> Result<(), StepError> {
+        if !run.rec.serving() {
+            return Ok(());
+        }
+        let docker = super::engine::docker(run.host, run.rec).await?;
+        crate::containers::revive(run, &docker).await?;
+        crate::containers::resume(run, &docker).await?;
+        if let Some((file, bundle, lost)) = missing(run.host, run.rec, &docker).await? {
+            if !lost.is_empty() {
+                let revision = run.rec.deployment.as_ref().map_or(0, |d| d.revision);
+                run.say(format!(
+                    "redeploying revision {revision}: no container for {}",
+                    lost.join(", ")
+                ));
+                deploy_compose(run, &docker, &file, &bundle.vars()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, _run: &mut Run<'_>) -> Result<(), StepError> {
+        // The engine's purge (the next step down) removes the containers with their engine.
+        Ok(())
+    }
+
+    async fn check(&self, host: &Host, rec: &Record) -> Result<bool, StepError> {
+        if !rec.serving() || rec.deployment.is_none() {
+            return Ok(true);
+        }
+        let Ok(docker) = super::engine::docker(host, rec).await else {
+            return Ok(false);
+        };
+        Ok(missing(host, rec, &docker)
+            .await?
+            .is_none_or(|(_, _, lost)| lost.is_empty()))
+    }
+}

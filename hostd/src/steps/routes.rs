@@ -1,0 +1,94 @@
+//! The tenant's public routes in sni-proxy: each subdomain points at its ingress
+//! container while the tenant serves (present, not quarantined, ingress running) and at
+//! nothing otherwise. Down removes them first on destroy: the next tenant in the slot may
+//! get the same container address.
+
+use async_trait::async_trait;
+
+use super::{Run, Step, StepKind};
+use crate::error::StepError;
+use crate::host::Host;
+use crate::proxy_routes::{ProxyAdmin, TenantRoute};
+use crate::record::Record;
+
+/// Points the tenant's subdomains at its ingress, or removes them.
+pub struct Routes;
+
+/// The routes the tenant should have now: none unless it serves and its ingress runs.
+async fn wanted(host: &Host, rec: &Record) -> Vec<TenantRoute> {
+    if !rec.serving() {
+        return Vec::new();
+    }
+    let Ok(docker) = super::engine::docker(host, rec).await else {
+        return Vec::new();
+    };
+    let ingress = rec.spec.ingress();
+    let project = rec.spec.name.compose_project();
+    let Some(ip) = crate::containers::ingress_ip(&docker, &project, &ingress.service).await else {
+        return Vec::new();
+    };
+    rec.spec
+        .subdomains
+        .iter()
+        .map(|sni| TenantRoute {
+            sni: sni.clone(),
+            backend: format!("{ip}:{}", ingress.port),
+            http_backend: ingress.http_port.map(|p| format!("{ip}:{p}")),
+            terminate: rec.spec.tls_mode() == crate::spec::TlsMode::Terminate,
+        })
+        .collect()
+}
+
+async fn remove_all(run: &mut Run<'_>, admin: &ProxyAdmin) -> Result<(), StepError> {
+    for sni in run.rec.spec.subdomains.clone() {
+        admin.remove(&sni).await?;
+        run.say(format!("route {sni} removed"));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Step for Routes {
+    fn kind(&self) -> StepKind {
+        StepKind::Routes
+    }
+
+    async fn up(&self, run: &mut Run<'_>) -> Result<(), StepError> {
+        let Some(sock) = &run.host.cfg.proxy_admin else {
+            return Ok(());
+        };
+        let admin = ProxyAdmin::new(sock);
+        let routes = wanted(run.host, run.rec).await;
+        if routes.is_empty() {
+            return remove_all(run, &admin).await;
+        }
+        for route in routes {
+            admin.set(&route).await?;
+            run.say(format!("route {} -> {}", route.sni, route.backend));
+        }
+        Ok(())
+    }
+
+    async fn down(&self, run: &mut Run<'_>) -> Result<(), StepError> {
+        let Some(sock) = &run.host.cfg.proxy_admin else {
+            return Ok(());
+        };
+        remove_all(run, &ProxyAdmin::new(sock)).await
+    }
+
+    async fn check(&self, host: &Host, rec: &Record) -> Result<bool, StepError> {
+        let Some(sock) = &host.cfg.proxy_admin else {
+            return Ok(true);
+        };
+        let have = ProxyAdmin::new(sock).backends().await?;
+        let want = wanted(host, rec).await;
+        if want.is_empty() {
+            return Ok(!have
+                .iter()
+                .any(|(sni, _)| rec.spec.subdomains.contains(sni)));
+        }
+        Ok(want
+            .iter()
+            .all(|r| have.iter().any(|(sni, b)| *sni == r.sni && *b == r.backend)))
+    }
+}
