@@ -82,8 +82,12 @@ volumes:
     let mut policy_limits = Template::Agent.default_limits();
     policy_limits.memory = hostd::spec::ByteSize(16 << 30);
     let vars = HashMap::from([("GREETING".to_owned(), "from-the-env-file".to_owned())]);
-    let doc =
-        check_compose(&compose, &vars, &policy_limits).expect("the test project passes the policy");
+    let bundle = hostd::compose::Bundle {
+        compose: compose.clone(),
+        env: vars.clone().into_iter().collect(),
+        ..Default::default()
+    };
+    let doc = check_compose(&bundle, &policy_limits).expect("the test project passes the policy");
     let project_name = tenant.cfg.name.compose_project();
     let hardening = Hardening {
         security_opt: vec!["no-new-privileges:true".into()],
@@ -92,6 +96,7 @@ volumes:
         pids_limit: 128,
         env: vec!["AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.23/v1/credentials".into()],
         binds: vec![],
+        files: Default::default(),
         labels: HashMap::from([(labels::TENANT.to_owned(), tenant.cfg.name.to_string())]),
         bridge_prefix: "m8t-9-".into(),
     };

@@ -244,7 +244,7 @@ async fn deploy(
         Err(e) => {
             return error(
                 ErrorKind::Refused,
-                format!("the deploy body must be JSON {{\"compose\": \"<compose file>\", \"env\": {{\"VAR\": \"value\"}}}} (as `hostd ctl deploy` sends it): {e}"),
+                format!("the deploy body must be JSON {{\"compose\": \"<compose file>\", \"env\": {{\"VAR\": \"value\"}}, \"files\": {{\"path\": \"<base64>\"}}}} (as `hostd ctl deploy` sends it): {e}"),
             )
         }
     };

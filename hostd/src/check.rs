@@ -21,7 +21,7 @@ pub struct Checked {
 /// Checks `bundle` against the policy within `limits`, as `prepared` does on a deploy.
 pub fn check(bundle: &Bundle, limits: &m8trx_spec::tenant::Limits) -> Checked {
     let vars: HashMap<String, String> = bundle.vars();
-    let file = match policy::check_compose(&bundle.compose, &vars, limits) {
+    let file = match policy::check_compose(bundle, limits) {
         Ok(f) => f,
         Err(PolicyError::Syntax(e)) => {
             return Checked {

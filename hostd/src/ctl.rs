@@ -278,18 +278,76 @@ pub fn details(t: &Value) -> String {
 }
 
 /// Reads an input file named on the command line, with a usage error naming it.
-/// A compose file and its optional env file, as `deploy` sends them and `check` reads them.
+/// A compose file with its optional env file and included files, as `deploy` sends them
+/// and `check` reads them.
 pub fn read_bundle(
     file: &PathBuf,
     env_file: Option<&PathBuf>,
+    include: &[PathBuf],
 ) -> Result<crate::compose::Bundle, CtlError> {
+    let base = file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let mut files = std::collections::BTreeMap::new();
+    for inc in include {
+        let name = inc.to_string_lossy();
+        let rel = crate::compose::normalize_path(&name).ok_or_else(|| {
+            fail(
+                exit::USAGE,
+                format!("--include {name}: give a path relative to the compose file's directory, without `..` (as the compose file names it)"),
+            )
+        })?;
+        include_path(&base, &rel, &mut files)?;
+    }
     Ok(crate::compose::Bundle {
         compose: read_input(file)?,
         env: match env_file {
             Some(f) => read_env_file(f)?,
             None => Default::default(),
         },
+        files,
     })
+}
+
+/// Adds `rel` (a file, or every file under a directory) to `files`, read from `base/rel`.
+fn include_path(
+    base: &std::path::Path,
+    rel: &str,
+    files: &mut std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<(), CtlError> {
+    let path = base.join(rel);
+    let meta = std::fs::symlink_metadata(&path).map_err(|e| {
+        fail(
+            exit::USAGE,
+            format!("--include {rel}: cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(&path)
+            .map_err(|e| fail(exit::USAGE, format!("--include {rel}: {e}")))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let child = format!("{rel}/{}", e.file_name().to_string_lossy());
+            include_path(base, &child, files)?;
+        }
+        return Ok(());
+    }
+    if !meta.is_file() {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "--include {rel}: {} is not a regular file or directory (links are not followed)",
+                path.display()
+            ),
+        ));
+    }
+    let data =
+        std::fs::read(&path).map_err(|e| fail(exit::USAGE, format!("--include {rel}: {e}")))?;
+    files.insert(rel.to_owned(), data);
+    Ok(())
 }
 
 /// Reads an env file (`--env-file`); a bad line is a usage error naming the line.

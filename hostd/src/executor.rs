@@ -167,6 +167,12 @@ impl Host {
             revision,
             compose: bundle.compose.clone(),
             env: bundle.env.clone(),
+            files: bundle
+                .files
+                .iter()
+                .map(|(p, d)| (p.clone(), crate::compose::file_digest(d)))
+                .collect(),
+            bundle: None,
             accepted_at: now_secs(),
             deployed_at: None,
             error: None,
@@ -179,7 +185,7 @@ impl Host {
                 rec: &mut rec,
                 progress,
             };
-            steps::deploy_compose(&mut run, &docker, &doc, &bundle.vars())
+            steps::deploy_compose(&mut run, &docker, &doc, &bundle)
                 .await
                 .map_err(HostError::step(name, StepKind::Deploy))?
         };

@@ -238,6 +238,11 @@ impl Host {
         self.mountpoint(r).join("secrets")
     }
 
+    /// Where the tenant's deploy bundles are kept, on its volume.
+    pub fn bundles_dir(&self, r: &Record) -> PathBuf {
+        self.mountpoint(r).join(crate::compose::files::BUNDLES)
+    }
+
     /// The tenant's broker token file on the host.
     pub fn token_path(&self, r: &Record) -> PathBuf {
         self.cfg.token_dir.join(r.name()).join("token")
@@ -310,12 +315,6 @@ impl Host {
                 TOKEN_MOUNT.to_owned(),
             ));
         }
-        if self.secrets.is_some() {
-            binds.push((
-                self.secrets_dir(r).display().to_string(),
-                crate::secrets::SECRETS_MOUNT.to_owned(),
-            ));
-        }
         Ok(crate::compose::Hardening {
             security_opt: profiles.security_opt(),
             default_memory: memory.min(512 << 20),
@@ -323,6 +322,12 @@ impl Host {
             pids_limit: i64::from(r.spec.limits.pids),
             env,
             binds,
+            // A service sees only the platform secrets it lists (`secrets: [brain-key]` with
+            // `external: true`); the bundle's directory is set by the deploy that writes it.
+            files: crate::compose::files::FileSources {
+                tree: None,
+                platform: self.secrets.is_some().then(|| self.secrets_dir(r)),
+            },
             labels: std::collections::HashMap::from([(
                 crate::compose::labels::TENANT.to_owned(),
                 r.spec.name.to_string(),

@@ -162,6 +162,12 @@ enum Op {
         /// `COMPOSE_PROFILES`. Recorded with the revision.
         #[arg(long)]
         env_file: Option<PathBuf>,
+        /// A file (or directory, with every file in it) the compose file mounts — by
+        /// `configs`/`secrets` `file:` or a read-only `./path` bind — given relative to the
+        /// compose file's directory, as compose resolves them. Repeatable. Kept on the
+        /// tenant's encrypted volume, mounted read-only.
+        #[arg(long = "include", value_name = "PATH")]
+        include: Vec<PathBuf>,
     },
     /// Check a compose file offline, exactly as a deploy would before touching an engine:
     /// print every violation (key path and rule), or the translated plan when accepted.
@@ -176,6 +182,11 @@ enum Op {
         /// Variables, as for `deploy --env-file`.
         #[arg(long)]
         env_file: Option<PathBuf>,
+        /// A file (or directory, with every file in it) the compose file mounts — by
+        /// `configs`/`secrets` `file:` or a read-only `./path` bind — given relative to the
+        /// compose file's directory, as compose resolves them. As for `deploy --include`.
+        #[arg(long = "include", value_name = "PATH")]
+        include: Vec<PathBuf>,
     },
     /// Print the logs of the tenant's project containers, or of one service's.
     Logs {
@@ -396,8 +407,9 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
             file,
             template,
             env_file,
+            include,
         } => {
-            let bundle = ctl::read_bundle(&file, env_file.as_ref())?;
+            let bundle = ctl::read_bundle(&file, env_file.as_ref(), &include)?;
             let template = match template {
                 CheckTemplate::Agent => hostd::spec::Template::Agent,
                 CheckTemplate::Baseline => hostd::spec::Template::Baseline,
@@ -450,8 +462,9 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
             name,
             file,
             env_file,
+            include,
         } => {
-            let bundle = ctl::read_bundle(&file, env_file.as_ref())?;
+            let bundle = ctl::read_bundle(&file, env_file.as_ref(), &include)?;
             let body = ctl::text_body(Some(serde_json::to_string(&bundle).map_err(|e| {
                 CtlError {
                     message: format!("encoding the deploy: {e}"),

@@ -4,13 +4,15 @@
 //! rules below; any other key is refused, by name, with what to do instead. Every problem in
 //! the file is reported, not only the first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
 use m8trx_spec::tenant::Limits;
 
-use crate::compose::model::{self, ComposeFile, Problem, Service, ServiceVolume};
+use crate::compose::files::{self, Kind};
+use crate::compose::model::{self, ComposeFile, FileRef, Problem, Service, ServiceVolume};
+use crate::compose::{bundle, normalize_path, Bundle};
 
 /// Capabilities a service may add back after hostd's `cap_drop: [ALL]`: what an image's
 /// entrypoint needs to bind :80/:443 and drop from root to its own user, nothing more.
@@ -83,15 +85,20 @@ fn list(v: &[Violation]) -> String {
         .join("\n")
 }
 
-/// Reads `text` with the tenant's variables and checks it against the policy within the
-/// tenant's aggregate `limits`: the typed file when accepted, every violation when not.
-pub fn check_compose(
-    text: &str,
-    vars: &HashMap<String, String>,
-    limits: &Limits,
-) -> Result<ComposeFile, PolicyError> {
-    let (file, mut problems) = model::load(text, vars).map_err(PolicyError::Syntax)?;
-    problems.extend(check(&file, limits));
+/// Reads the bundle's compose file with its variables and checks it, with the bundle's
+/// files, against the policy within the tenant's aggregate `limits`: the typed file when
+/// accepted, every violation when not.
+pub fn check_compose(bundle: &Bundle, limits: &Limits) -> Result<ComposeFile, PolicyError> {
+    let (file, mut problems) =
+        model::load(&bundle.compose, &bundle.vars()).map_err(PolicyError::Syntax)?;
+    for p in bundle::check_files(&bundle.files) {
+        problems.push(Problem {
+            service: None,
+            key: "(bundle files)".into(),
+            rule: p,
+        });
+    }
+    problems.extend(check(&file, bundle, limits));
     if problems.is_empty() {
         Ok(file)
     } else {
@@ -99,19 +106,20 @@ pub fn check_compose(
     }
 }
 
-/// Every rule the typed file breaks.
-pub fn check(file: &ComposeFile, limits: &Limits) -> Vec<Violation> {
+/// Every rule the typed file breaks, read with the bundle it came in (its variables and
+/// files).
+pub fn check(file: &ComposeFile, bundle: &Bundle, limits: &Limits) -> Vec<Violation> {
     let mut c = Checker {
         violations: Vec::new(),
         limits,
         services: file.services.keys().cloned().collect(),
+        bundle,
     };
     for key in file.other.keys() {
         let rule = match key.as_str() {
-            "secrets" | "configs" => "file-based secrets and configs read the host's files; hostd writes the tenant's secrets (its SSM parameters) under /run/secrets/m8trx",
             "include" => "includes other files from the host; send one self-contained compose file",
             "name" => "the project name is m8trx-<tenant>, set by hostd; remove `name`",
-            _ => "unsupported top-level key; allowed: services, networks, volumes, version, x-*",
+            _ => "unsupported top-level key; allowed: services, networks, volumes, secrets, configs, version, x-*",
         };
         c.top(key, rule);
     }
@@ -120,6 +128,11 @@ pub fn check(file: &ComposeFile, limits: &Limits) -> Vec<Violation> {
     }
     for (name, vol) in &file.volumes {
         c.volume(name, vol.as_ref());
+    }
+    for (kind, map) in [(Kind::Secret, &file.secrets), (Kind::Config, &file.configs)] {
+        for (name, src) in map {
+            c.file_source(kind, name, src);
+        }
     }
     for (name, svc) in &file.services {
         c.service(name, svc, file);
@@ -131,6 +144,7 @@ struct Checker<'a> {
     violations: Vec<Violation>,
     limits: &'a Limits,
     services: BTreeSet<String>,
+    bundle: &'a Bundle,
 }
 
 impl Checker<'_> {
@@ -191,6 +205,156 @@ impl Checker<'_> {
                 _ => "unsupported volume option; allowed: driver (local), labels",
             };
             self.top(format!("volumes.{name}.{key}"), rule);
+        }
+    }
+
+    /// A top-level `secrets.<name>` or `configs.<name>`: exactly one source, and that one
+    /// available to this deploy.
+    fn file_source(&mut self, kind: Kind, name: &str, src: &model::FileSource) {
+        let section = kind.key();
+        let key = format!("{section}.{name}");
+        if normalize_path(name).as_deref() != Some(name) || name.contains('/') {
+            self.top(&key, "names are letters, digits and ._-+@=,");
+        }
+        let external = src.external == Some(true);
+        let given = [
+            src.file.is_some(),
+            src.content.is_some(),
+            src.environment.is_some(),
+            external,
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.top(&key, match kind {
+                Kind::Secret => "needs exactly one of file (a file of the deploy, `--include`), content, environment (a variable of the env file) or external: true (a platform parameter)",
+                Kind::Config => "needs exactly one of file (a file of the deploy, `--include`), content or environment (a variable of the env file)",
+            });
+        }
+        if let Some(f) = &src.file {
+            match normalize_path(f) {
+                None => self.top(format!("{key}.file"), format!("{f:?}: a relative path of the deploy's files (sent with `hostd ctl deploy … --include {f}`); host paths are not readable")),
+                Some(p) if !self.bundle.files.contains_key(&p) => self.top(format!("{key}.file"), format!("{f:?} is not among the deploy's files: send it with `hostd ctl deploy … --include {p}`")),
+                Some(_) => {}
+            }
+        }
+        if let Some(c) = &src.content {
+            if c.len() > bundle::MAX_FILE_BYTES {
+                self.top(
+                    format!("{key}.content"),
+                    format!(
+                        "{} bytes; at most {} inline: send a file with `--include`",
+                        c.len(),
+                        bundle::MAX_FILE_BYTES
+                    ),
+                );
+            }
+        }
+        if let Some(v) = &src.environment {
+            if !self.bundle.env.contains_key(v) {
+                self.top(
+                    format!("{key}.environment"),
+                    format!("variable {v} is not set by the deploy's env file (`--env-file`)"),
+                );
+            }
+        }
+        if src.external == Some(false) {
+            self.top(
+                format!("{key}.external"),
+                "external: false means nothing; remove it",
+            );
+        }
+        if external {
+            let leaf = files::platform_leaf(name, src);
+            let leaves: Vec<&str> = m8trx_spec::SSM_PARAMETERS.iter().map(|p| p.leaf).collect();
+            if kind == Kind::Config {
+                self.top(
+                    format!("{key}.external"),
+                    "there are no platform configs; use content, environment or file",
+                );
+            } else if !leaves.contains(&leaf) {
+                self.top(
+                    format!("{key}.external"),
+                    format!("external secrets are the tenant's platform parameters; `{leaf}` is none of: {}", leaves.join(", ")),
+                );
+            }
+        }
+        for k in src.other.keys() {
+            let rule = match k.as_str() {
+                "name" if external => continue,
+                "name" => "only an external secret has a name (the platform parameter it reads)"
+                    .to_owned(),
+                "driver" | "driver_opts" | "template_driver" => {
+                    "secret and config drivers are swarm features; use file, content or environment"
+                        .to_owned()
+                }
+                _ => format!(
+                    "unsupported; allowed: file, content, environment{}",
+                    if kind == Kind::Secret {
+                        ", external, name"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            self.top(format!("{key}.{k}"), rule);
+        }
+    }
+
+    /// A service's `secrets` and `configs`: declared, at a target the container may have,
+    /// with numeric ids and a plain mode.
+    fn file_refs(&mut self, s: &str, svc: &Service, file: &ComposeFile) {
+        let mut targets = BTreeSet::new();
+        for (kind, refs, decl) in [
+            (Kind::Secret, &svc.secrets, &file.secrets),
+            (Kind::Config, &svc.configs, &file.configs),
+        ] {
+            for (i, r) in refs.iter().flatten().enumerate() {
+                let key = format!("{}[{i}]", kind.key());
+                let Some(src) = decl.get(r.source()) else {
+                    self.refuse(
+                        s,
+                        &key,
+                        format!(
+                            "`{}` is not declared under the top-level {}",
+                            r.source(),
+                            kind.key()
+                        ),
+                    );
+                    continue;
+                };
+                let target = files::target(kind, r);
+                if let Some(why) = bad_target(&target) {
+                    self.refuse(s, format!("{key}.target"), format!("{target:?}: {why}"));
+                }
+                if !targets.insert(target.clone()) {
+                    self.refuse(s, format!("{key}.target"), format!("{target:?} is already the target of another secret or config of this service"));
+                }
+                if let FileRef::Long(l) = r {
+                    for (k, v) in [("uid", &l.uid), ("gid", &l.gid)] {
+                        if let Some(v) = v {
+                            if files::parse_id(&v.0).is_none() {
+                                self.refuse(
+                                    s,
+                                    format!("{key}.{k}"),
+                                    format!(
+                                        "{:?}: a number from 0 to 65535 (ids inside the container)",
+                                        v.0
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    if let Some(m) = &l.mode {
+                        if files::parse_mode(&m.0).is_none() {
+                            self.refuse(s, format!("{key}.mode"), format!("{:?}: an octal mode like 0440, at most 0777 (no setuid, setgid or sticky bits)", m.0));
+                        }
+                    }
+                    if src.external == Some(true)
+                        && (l.uid.is_some() || l.gid.is_some() || l.mode.is_some())
+                    {
+                        self.refuse(s, &key, "platform secrets are mounted as hostd writes them (0400, the container's root); remove uid, gid and mode, or read the secret as root and hand it on");
+                    }
+                }
+            }
         }
     }
 
@@ -303,6 +467,7 @@ impl Checker<'_> {
             }
         }
         self.volumes(s, svc, file, mem);
+        self.file_refs(s, svc, file);
         if let Some(from) = &svc.volumes_from {
             for f in from {
                 let svc_name = f.split(':').next().unwrap_or("");
@@ -621,7 +786,8 @@ impl Checker<'_> {
                             format!("{short:?} is not name:/path[:ro|rw] or /path"),
                         );
                     } else if source.starts_with(['/', '.', '~']) {
-                        self.bind(s, &key, source);
+                        let ro = parts.len() == 3 && parts[2].split(',').any(|m| m == "ro");
+                        self.bind(s, &key, source, ro);
                     } else if !source.is_empty() && !file.volumes.contains_key(source) {
                         self.refuse(s, key, format!("named volume `{source}` is not declared under the top-level volumes"));
                     } else if parts.len() == 3
@@ -676,7 +842,12 @@ impl Checker<'_> {
                                 }
                             }
                         }
-                        "bind" => self.bind(s, &key, m.source.as_deref().unwrap_or("")),
+                        "bind" => self.bind(
+                            s,
+                            &key,
+                            m.source.as_deref().unwrap_or(""),
+                            m.read_only == Some(true),
+                        ),
                         other => self.refuse(
                             s,
                             format!("{key}.type"),
@@ -733,17 +904,48 @@ impl Checker<'_> {
         }
     }
 
-    fn bind(&mut self, s: &str, key: &str, source: &str) {
+    /// A bind mount: only of the deploy's own files (`./conf:/etc/app:ro`), read-only.
+    fn bind(&mut self, s: &str, key: &str, source: &str, read_only: bool) {
         if source.contains("docker.sock") || source.contains("containerd.sock") {
             self.refuse(
                 s,
                 key,
                 format!("mounting the engine socket {source:?} gives root on the host"),
             );
-        } else {
-            self.refuse(s, key, format!("bind mount of host path {source:?} is not allowed; use a named volume (it lives on the tenant's encrypted volume) and copy files in at build time"));
+            return;
+        }
+        let relative = source.starts_with('.') && !source.starts_with("..");
+        match normalize_path(source).filter(|_| relative) {
+            None => self.refuse(s, key, format!("bind mount of host path {source:?} is not allowed; send the file with the deploy (`hostd ctl deploy … --include FILE`) and mount it as ./FILE:/target:ro, use configs/secrets, or a named volume")),
+            Some(p) => {
+                let dir = format!("{p}/");
+                if !self.bundle.files.contains_key(&p) && !self.bundle.files.keys().any(|f| f.starts_with(&dir)) {
+                    self.refuse(s, key, format!("{source:?} is not among the deploy's files: send it with `hostd ctl deploy … --include {p}`"));
+                } else if !read_only {
+                    self.refuse(s, key, format!("the deploy's files are mounted read-only: add :ro (or read_only: true) to {source:?}; write to a named volume"));
+                }
+            }
         }
     }
+}
+
+/// Why a container path may not receive a secret or config, if it may not.
+fn bad_target(target: &str) -> Option<&'static str> {
+    if !target.starts_with('/') {
+        return Some("an absolute path in the container");
+    }
+    if target.split('/').any(|c| c == ".." || c == ".")
+        || target.contains("//")
+        || target.ends_with('/')
+    {
+        return Some("a plain absolute file path, without `.`, `..` or a trailing /");
+    }
+    for reserved in ["/proc", "/sys", "/dev", crate::host::TOKEN_MOUNT] {
+        if target == reserved || target.starts_with(&format!("{reserved}/")) {
+            return Some("a path the kernel or hostd owns in every container");
+        }
+    }
+    None
 }
 
 /// Why a key outside the model is refused.
@@ -757,7 +959,6 @@ fn other_rule(key: &str) -> String {
         "oom_kill_disable" => "a container that cannot be OOM-killed can starve the host; the tenant limit must be able to kill",
         "build" => "images are not built on the shared host; push to a registry or load a tarball (`hostd ctl load`)",
         "env_file" => "env_file reads files from the host; send the variables with the deploy (`--env-file`) or put them in `environment`",
-        "secrets" | "configs" => "file-based secrets and configs read the host's files; hostd mounts the tenant's secrets (its SSM parameters) under /run/secrets/m8trx",
         "runtime" | "isolation" => "the container runtime is fixed by hostd",
         "storage_opt" | "blkio_config" => "storage options reference host devices; the tenant volume sets the disk quota",
         "external_links" => "links to containers outside this project are not allowed",
@@ -853,7 +1054,7 @@ mod tests {
     }
 
     fn violations(text: &str) -> Vec<Violation> {
-        match check_compose(text, &HashMap::new(), &limits()) {
+        match check_compose(&Bundle::of(text), &limits()) {
             Err(PolicyError::Refused(v)) => v,
             other => panic!("expected a refusal, got {other:?}"),
         }
@@ -883,7 +1084,7 @@ volumes:
 networks:
   default: { driver: bridge }
 "#;
-        check_compose(ok, &HashMap::new(), &limits()).unwrap();
+        check_compose(&Bundle::of(ok), &limits()).unwrap();
     }
 
     #[test]
@@ -904,7 +1105,7 @@ networks:
             violations("services:\n  web:\n    image: x\n    network_mode: service:tailscale\n");
         assert_eq!(v[0].key, "network_mode");
         assert!(v[0].rule.contains("names no other service"), "{}", v[0]);
-        check_compose("services:\n  web:\n    image: x\n  side:\n    image: y\n    network_mode: service:web\n    ipc: service:web\n", &HashMap::new(), &limits()).unwrap();
+        check_compose(&Bundle::of("services:\n  web:\n    image: x\n  side:\n    image: y\n    network_mode: service:web\n    ipc: service:web\n"), &limits()).unwrap();
     }
 
     #[test]
@@ -963,11 +1164,11 @@ networks:
     fn not_yaml_is_a_syntax_error() {
         let l = limits();
         assert!(matches!(
-            check_compose("services: [unclosed", &HashMap::new(), &l),
+            check_compose(&Bundle::of("services: [unclosed"), &l),
             Err(PolicyError::Syntax(_))
         ));
         assert!(matches!(
-            check_compose("- a list", &HashMap::new(), &l),
+            check_compose(&Bundle::of("- a list"), &l),
             Err(PolicyError::Syntax(_))
         ));
     }

@@ -30,6 +30,14 @@ pub struct Deployment {
     /// The variables submitted with it (the env file): the same interpolation on a redeploy.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// The files sent with it, by path, as sha256 digests: the files themselves are kept on
+    /// the tenant's encrypted volume (`<volume>/bundle/<bundle>/files/`), never here.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+    /// The bundle's directory name on the tenant volume (its digest), when it had files or
+    /// file mounts.
+    #[serde(default)]
+    pub bundle: Option<String>,
     /// When it was accepted (seconds since the epoch).
     pub accepted_at: u64,
     /// When a deploy of this revision last completed.

@@ -1,8 +1,10 @@
 //! The tenant's six SSM parameters (`/m8trx/<name>/…`), read with the customer's own role —
 //! assumed through the credential broker's library, with the same session name, `Customer`
 //! tag, SourceIdentity and ExternalId the broker uses — never with the host role's rights,
-//! and written as files on the tenant volume (0400, owned by the tenant's remapped root),
-//! which containers see read-only at [`SECRETS_MOUNT`]. Values are never logged; only
+//! and written as files on the tenant volume (0400, owned by the tenant's remapped root).
+//! A service sees one read-only only when it lists it as an external secret (`secrets:
+//! [brain-key]` with top-level `brain-key: {external: true}`, at `/run/secrets/brain-key`);
+//! the tailscale sidecar gets its key at [`SECRETS_MOUNT`]. Values are never logged; only
 //! parameter names appear in messages.
 
 use std::io::Write;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use cred_broker::sts::CredentialSource;
 use m8trx_spec::SSM_PARAMETERS;
 
-/// Where containers see the tenant's secret files.
+/// Where the tailscale sidecar sees its auth key file.
 pub const SECRETS_MOUNT: &str = "/run/secrets/m8trx";
 
 /// Why the secrets could not be read or written; names parameters, never values.

@@ -4,10 +4,12 @@
 //! volume — which lives in the engine's data root, on the tenant volume. The auth key is
 //! never copied into the container's configuration: `TS_AUTHKEY` names the secret file
 //! (`file:` form, which `tailscale up --auth-key` reads) hostd wrote from the tenant's
-//! `tailscale-auth-key` parameter.
+//! `tailscale-auth-key` parameter, which only the sidecar mounts (an external secret).
 
 use crate::compose::model::forms::Pairs;
-use crate::compose::model::{ComposeFile, Service, ServiceVolume};
+use crate::compose::model::{
+    ComposeFile, FileRef, FileRefLong, FileSource, Service, ServiceVolume,
+};
 
 use crate::secrets::SECRETS_MOUNT;
 
@@ -27,12 +29,19 @@ pub struct TailscaleConfig {
     pub host_id: String,
 }
 
+/// The platform parameter holding the auth key, and the secret's name in the project.
+pub const AUTH_KEY: &str = "tailscale-auth-key";
+
 /// A compose file that cannot take the sidecar.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "service `{SERVICE}` is reserved for hostd's tailscale sidecar in agent tenants; rename yours"
-)]
-pub struct Reserved;
+pub enum Reserved {
+    /// The file has a service of the sidecar's name.
+    #[error("service `{SERVICE}` is reserved for hostd's tailscale sidecar in agent tenants; rename yours")]
+    Service,
+    /// The file declares the sidecar's secret as something else.
+    #[error("secret `{AUTH_KEY}` is the tailscale sidecar's platform parameter in agent tenants; declare it as `external: true` or rename yours")]
+    Secret,
+}
 
 /// The arguments the node comes up with: the customer's tag, and nothing that would let the
 /// tailnet reach into the host (no SSH, no DNS or routes taken from the tailnet).
@@ -49,13 +58,22 @@ pub fn add_sidecar(
     tenant: &str,
 ) -> Result<(), Reserved> {
     if file.services.contains_key(SERVICE) {
-        return Err(Reserved);
+        return Err(Reserved::Service);
+    }
+    let secret = file
+        .secrets
+        .entry(AUTH_KEY.to_owned())
+        .or_insert(FileSource {
+            external: Some(true),
+            ..Default::default()
+        });
+    if secret.external != Some(true)
+        || crate::compose::files::platform_leaf(AUTH_KEY, secret) != AUTH_KEY
+    {
+        return Err(Reserved::Secret);
     }
     let env = [
-        (
-            "TS_AUTHKEY",
-            format!("file:{SECRETS_MOUNT}/tailscale-auth-key"),
-        ),
+        ("TS_AUTHKEY", format!("file:{SECRETS_MOUNT}/{AUTH_KEY}")),
         ("TS_HOSTNAME", format!("{}-{tenant}", cfg.host_id)),
         ("TS_USERSPACE", "true".to_owned()),
         ("TS_STATE_DIR", STATE_DIR.to_owned()),
@@ -72,6 +90,11 @@ pub fn add_sidecar(
             "{STATE_VOLUME}:{STATE_DIR}"
         ))]),
         restart: Some("unless-stopped".into()),
+        secrets: Some(vec![FileRef::Long(FileRefLong {
+            source: AUTH_KEY.to_owned(),
+            target: Some(format!("{SECRETS_MOUNT}/{AUTH_KEY}")),
+            ..Default::default()
+        })]),
         ..Default::default()
     };
     file.services.insert(SERVICE.to_owned(), svc);
@@ -93,13 +116,8 @@ mod tests {
     #[test]
     fn sidecar_carries_the_contract_and_passes_the_policy() {
         let limits = crate::spec::Template::Agent.default_limits();
-        let vars = std::collections::HashMap::new();
-        let mut file = crate::policy::check_compose(
-            "services:\n  app:\n    image: example/app:1\n",
-            &vars,
-            &limits,
-        )
-        .unwrap();
+        let bundle = crate::compose::Bundle::of("services:\n  app:\n    image: example/app:1\n");
+        let mut file = crate::policy::check_compose(&bundle, &limits).unwrap();
         add_sidecar(&mut file, &cfg(), "acme").unwrap();
         let ts = &file.services["tailscale"];
         assert_eq!(ts.image.as_deref(), Some("tailscale/tailscale@sha256:0000"));
@@ -116,19 +134,31 @@ mod tests {
         );
         assert!(file.volumes.contains_key(STATE_VOLUME));
         // What hostd adds is itself within the tenant policy.
-        let v = crate::policy::check(&file, &limits);
+        let v = crate::policy::check(&file, &bundle, &limits);
+        // Only the sidecar sees the auth key.
+        let vars = bundle.vars();
+        assert!(crate::compose::files::mounts(&file, &file.services["app"], &vars).is_empty());
+        assert_eq!(
+            crate::compose::files::mounts(&file, ts, &vars)[0].target,
+            "/run/secrets/m8trx/tailscale-auth-key"
+        );
         assert!(v.is_empty(), "{v:#?}");
     }
 
     #[test]
     fn a_user_service_named_tailscale_is_refused() {
         let limits = crate::spec::Template::Agent.default_limits();
-        let mut file = crate::policy::check_compose(
-            "services:\n  tailscale:\n    image: example/app:1\n",
-            &Default::default(),
-            &limits,
-        )
-        .unwrap();
+        let bundle =
+            crate::compose::Bundle::of("services:\n  tailscale:\n    image: example/app:1\n");
+        let mut file = crate::policy::check_compose(&bundle, &limits).unwrap();
         assert!(add_sidecar(&mut file, &cfg(), "acme").is_err());
+        let bundle = crate::compose::Bundle::of(
+            "services:\n  app:\n    image: example/app:1\nsecrets:\n  tailscale-auth-key: {content: mine}\n",
+        );
+        let mut file = crate::policy::check_compose(&bundle, &limits).unwrap();
+        assert!(matches!(
+            add_sidecar(&mut file, &cfg(), "acme"),
+            Err(Reserved::Secret)
+        ));
     }
 }

@@ -59,6 +59,7 @@ fn plan(compose: &str, env: BTreeMap<String, String>, what: &str) -> BTreeMap<St
     let bundle = hostd::compose::Bundle {
         compose: compose.to_owned(),
         env,
+        ..Default::default()
     };
     let checked = hostd::check::check(&bundle, &hostd::spec::Template::Agent.default_limits());
     assert!(checked.accepted, "{what} is refused:\n{:#}", checked.report);

@@ -28,13 +28,17 @@ fn check(file: &Path) -> (i32, Value) {
     let text = std::fs::read_to_string(file).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostd"));
     cmd.args(["ctl", "--json", "check"]).arg(file);
-    // A `# template: agent` line picks the template; `# env-file: NAME` a file beside it.
+    // A `# template: agent` line picks the template; `# env-file: NAME` a file beside it;
+    // `# include: PATH` a file or directory sent with the deploy.
     for line in text.lines().take_while(|l| l.starts_with('#')) {
         if let Some(t) = line.strip_prefix("# template: ") {
             cmd.args(["--template", t.trim()]);
         }
         if let Some(e) = line.strip_prefix("# env-file: ") {
             cmd.arg("--env-file").arg(file.with_file_name(e.trim()));
+        }
+        if let Some(i) = line.strip_prefix("# include: ") {
+            cmd.args(["--include", i.trim()]);
         }
     }
     let out = cmd.output().unwrap();

@@ -1,7 +1,10 @@
 //! The tenant's six SSM parameters (moto) read by hostd as the customer's role and written
-//! to the tenant volume: files 0400 owned by the remapped root, visible read-only in the
-//! tenant's containers; `hostd ctl rotate-secrets` picks up a changed value and restarts the
-//! containers; no value ever appears in hostd's log or output.
+//! to the tenant volume: files 0400 owned by the remapped root, visible read-only only in the
+//! services that list them (external secrets); compose secrets and configs from an env-file
+//! variable and inline content, and a bundle file sent with `--include`, mounted read-only
+//! where the file says with the ids and mode it names; a service that lists nothing sees
+//! nothing; `hostd ctl rotate-secrets` picks up a changed value and restarts the containers;
+//! no value ever appears in hostd's log or output.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
 mod support;
@@ -44,7 +47,11 @@ for leaf in ["brain-key", "brain-customer-id", "brain-url", "tailscale-auth-key"
 }
 
 fn app_output(name: &str) -> String {
-    let container = format!("m8trx-{name}-app-1");
+    output_of(name, "app")
+}
+
+fn output_of(name: &str, service: &str) -> String {
+    let container = format!("m8trx-{name}-{service}-1");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let o = tenant_docker(name, &["logs", &container]);
@@ -106,18 +113,67 @@ fn parameters_reach_the_tenant_as_files_and_rotate() {
         &compose,
         format!(
             "services:\n  app:\n    image: {image}\n    \
-             command: [sh, -c, 'cat /run/secrets/m8trx/brain-key; echo; \
-             if echo x > /run/secrets/m8trx/brain-key; then echo writable; fi; echo END; exec sleep 600']\n"
+             command: [sh, -c, 'cat /run/secrets/brain-key; echo; cat /run/secrets/db; echo; \
+             cat /etc/app/greeting; echo; cat /srv/site/index.html; ls -ln /etc/app/greeting; \
+             if echo x > /run/secrets/brain-key; then echo writable; fi; \
+             if echo x > /srv/site/index.html; then echo writable; fi; echo END; exec sleep 600']\n    \
+             secrets: [brain-key, db]\n    \
+             configs: [{{source: greeting, target: /etc/app/greeting, uid: '1000', mode: 0440}}]\n    \
+             volumes: ['./site:/srv/site:ro']\n  \
+             other:\n    image: {image}\n    \
+             command: [sh, -c, 'ls /run/secrets /etc/app 2>&1; echo END; exec sleep 600']\n\
+             secrets:\n  brain-key: {{external: true}}\n  db: {{environment: DB_PASS}}\n\
+             configs:\n  greeting: {{content: hello-config}}\n"
         ),
     )
     .unwrap();
-    let deployed = d.ok(&["deploy", &name, "-f", compose.to_str().unwrap()]);
+    let env_file = dir.join("vars.env");
+    std::fs::write(&env_file, "DB_PASS=envpass-42\n").unwrap();
+    std::fs::create_dir_all(dir.join("site")).unwrap();
+    std::fs::write(dir.join("site/index.html"), "bundle-page").unwrap();
+    let deployed = d.ok(&[
+        "deploy",
+        &name,
+        "-f",
+        compose.to_str().unwrap(),
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "--include",
+        "site",
+    ]);
     let out = app_output(&name);
-    assert!(out.contains("secret-brain-key-v1"), "{out}");
+    for want in [
+        "secret-brain-key-v1",
+        "envpass-42",
+        "hello-config",
+        "bundle-page",
+    ] {
+        assert!(out.contains(want), "{want} missing: {out}");
+    }
+    assert!(
+        out.contains("-r--r-----") && out.contains(" 1000 "),
+        "the config has the mode and owner the file names: {out}"
+    );
     assert!(
         !out.contains("writable"),
         "read-only in the container: {out}"
     );
+    // A service that lists no secret or config sees none of them.
+    let other = output_of(&name, "other");
+    assert!(
+        other.contains("No such file or directory")
+            && !other.contains("brain-key")
+            && !other.contains("greeting"),
+        "{other}"
+    );
+    // The files live on the tenant volume, in one directory per bundle.
+    let bundles = dir.join("tenants").join(&name).join("bundle");
+    // (Names only: a DirEntry keeps its directory open, which would hold the volume busy.)
+    let kept: Vec<String> = std::fs::read_dir(&bundles)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
 
     // A new value in SSM: rotate-secrets rewrites the file and restarts the app.
     put_parameters(&name, "v2");
@@ -143,6 +199,7 @@ fn parameters_reach_the_tenant_as_files_and_rotate() {
     let log = std::fs::read_to_string(dir.join("hostd.log")).unwrap();
     for out in [&created, &deployed, &rotated, &log] {
         assert!(!out.contains("secret-"), "a secret value leaked:\n{out}");
+        assert!(!out.contains("envpass-42"), "a secret value leaked:\n{out}");
     }
 
     d.ok(&["destroy", &name, "--wipe"]);

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let bundle = hostd::compose::Bundle {
         compose: compose.to_owned(),
         env,
+        ..Default::default()
     };
     // The agent template's limits: the baseline's differ only in the bounds' numbers.
     let checked = hostd::check::check(&bundle, &hostd::spec::Template::Agent.default_limits());

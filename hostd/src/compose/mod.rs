@@ -20,11 +20,12 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 pub mod bundle;
+pub mod files;
 pub mod model;
 mod order;
 mod plan;
 
-pub use bundle::{parse_env_file, Bundle};
+pub use bundle::{bundle_digest, file_digest, normalize_path, parse_env_file, Bundle};
 pub use model::forms::{parse_duration, parse_size};
 pub use model::ComposeFile;
 use order::Dep;
@@ -113,6 +114,8 @@ pub struct Hardening {
     pub env: Vec<String>,
     /// Read-only bind mounts hostd owns (the broker token file), as (host path, container path).
     pub binds: Vec<(String, String)>,
+    /// Where the deploy's secrets, configs and files are on the host.
+    pub files: files::FileSources,
     /// Labels on every object.
     pub labels: HashMap<String, String>,
     /// Prefix of the host bridge names of the tenant's networks (`m8t-<slot>-`); each network's
@@ -172,6 +175,10 @@ pub fn preview(
             pids_limit: i64::from(limits.pids),
             env: Vec::new(),
             binds: Vec::new(),
+            files: files::FileSources {
+                tree: Some("<the tenant volume>/bundle/<digest>".into()),
+                platform: Some("<the tenant volume>/secrets".into()),
+            },
             labels: HashMap::new(),
             bridge_prefix: "m8t-<slot>-".into(),
         },
@@ -192,7 +199,7 @@ pub fn preview(
     order::start_order(&deps)?
         .into_iter()
         .map(|s| {
-            let body = plan.container_body(&s, &file.services[&s], &nets, vars)?;
+            let body = plan.container_body(file, &s, &nets, vars)?;
             Ok((s, body))
         })
         .collect()
@@ -369,7 +376,7 @@ impl<'a> Project<'a> {
             for dep in &deps[service] {
                 self.wait_for(service, dep, deadline).await?;
             }
-            let body = self.plan.container_body(service, svc, &nets, vars)?;
+            let body = self.plan.container_body(file, service, &nets, vars)?;
             let hash = config_hash(&body);
             let cname = format!("{}-{service}-1", self.plan.name);
             if let Ok(existing) = self
@@ -522,12 +529,43 @@ impl<'a> Project<'a> {
     }
 }
 
+/// A digest of the engine request, the same for the same request whatever the order its
+/// maps were filled in (labels and tmpfs are hash maps): a redeploy of an unchanged file
+/// must find every container up to date.
 fn config_hash(body: &ContainerCreateBody) -> String {
-    use std::hash::{Hash, Hasher};
-    let json = serde_json::to_string(body).unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    json.hash(&mut h);
-    format!("{:016x}", h.finish())
+    use sha2::{Digest, Sha256};
+    fn canonical(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for k in keys {
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    canonical(&m[k], out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for x in a {
+                    canonical(x, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    canonical(&serde_json::to_value(body).unwrap_or_default(), &mut text);
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -563,6 +601,26 @@ mod tests {
             registry_resolves_safely("nginx:1.27").await.is_ok(),
             "Docker Hub: no name to check"
         );
+    }
+
+    #[test]
+    fn the_config_hash_ignores_map_order() {
+        let body = |pairs: &[(&str, &str)]| ContainerCreateBody {
+            labels: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let many: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("k{i}"), format!("v{i}")))
+            .collect();
+        let fwd: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let rev: Vec<(&str, &str)> = fwd.iter().rev().copied().collect();
+        assert_eq!(config_hash(&body(&fwd)), config_hash(&body(&rev)));
+        assert_ne!(config_hash(&body(&fwd)), config_hash(&body(&fwd[1..])));
     }
 
     #[test]
@@ -658,6 +716,10 @@ mod tests {
                 "/srv/m8trx/tenants/acme/secrets/broker-token".into(),
                 "/run/secrets/m8trx/broker-token".into(),
             )],
+            files: files::FileSources {
+                tree: Some("/srv/m8trx/tenants/acme/bundle/d1".into()),
+                platform: Some("/srv/m8trx/tenants/acme/secrets".into()),
+            },
             labels: HashMap::new(),
             bridge_prefix: "m8t-9-".into(),
         }
@@ -670,9 +732,7 @@ mod tests {
         );
         let p = Plan::new("m8trx-acme", hardening());
         let nets = BTreeMap::from([("default".to_owned(), false)]);
-        let body = p
-            .container_body("web", &f.services["web"], &nets, &HashMap::new())
-            .unwrap();
+        let body = p.container_body(&f, "web", &nets, &HashMap::new()).unwrap();
         let hc = body.host_config.unwrap();
         assert_eq!(hc.cap_drop, Some(vec!["ALL".into()]));
         assert_eq!(hc.readonly_rootfs, Some(true));
@@ -757,9 +817,7 @@ networks:
         let p = Plan::new("m8trx-acme", hardening());
         let nets = BTreeMap::from([("default".to_owned(), false), ("front".to_owned(), false)]);
         let vars = HashMap::from([("FROM_ENV".to_owned(), "e".to_owned())]);
-        let b = p
-            .container_body("web", &f.services["web"], &nets, &vars)
-            .unwrap();
+        let b = p.container_body(&f, "web", &nets, &vars).unwrap();
         assert_eq!(b.cmd, Some(vec!["npm".into(), "start".into()]));
         assert_eq!(b.entrypoint, Some(vec!["tini".into(), "--".into()]));
         let env = b.env.unwrap();
@@ -831,9 +889,7 @@ networks:
         assert_eq!(log.typ.as_deref(), Some("local"));
         assert_eq!(log.config.unwrap()["max-file"], "3");
         assert_eq!(hc.oom_score_adj, Some(100));
-        let side = p
-            .container_body("side", &f.services["side"], &nets, &vars)
-            .unwrap();
+        let side = p.container_body(&f, "side", &nets, &vars).unwrap();
         let shc = side.host_config.unwrap();
         assert_eq!(
             shc.network_mode.as_deref(),

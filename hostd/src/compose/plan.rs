@@ -11,7 +11,7 @@ use bollard::models::{
 };
 
 use super::model::forms::{shell_words, Command, Pairs};
-use super::model::{Deploy, Healthcheck, Service, ServiceVolume, Ulimit, VolumeMount};
+use super::model::{ComposeFile, Deploy, Healthcheck, Service, ServiceVolume, Ulimit, VolumeMount};
 use super::{invalid, labels, ComposeError, Hardening};
 
 /// Options every tmpfs gets, whatever the file says.
@@ -90,6 +90,28 @@ impl Plan {
         }
     }
 
+    /// A read-only bind of one of the deploy's files or directories (the policy admits
+    /// only these, and only read-only).
+    fn bundle_bind(
+        &self,
+        service: &str,
+        source: &str,
+        target: &str,
+    ) -> Result<Mount, ComposeError> {
+        let host = self
+            .hardening
+            .files
+            .bundle_path(source)
+            .map_err(|e| invalid(service, e))?;
+        Ok(Mount {
+            typ: Some(MountType::BIND),
+            source: Some(host.display().to_string()),
+            target: Some(target.to_owned()),
+            read_only: Some(true),
+            ..Default::default()
+        })
+    }
+
     pub(super) fn labels(&self, extra: &[(&str, String)]) -> HashMap<String, String> {
         let mut l = self.hardening.labels.clone();
         l.insert(labels::PROJECT.into(), self.name.clone());
@@ -103,11 +125,15 @@ impl Plan {
     /// variables (for `environment` keys written without a value).
     pub(super) fn container_body(
         &self,
+        file: &ComposeFile,
         service: &str,
-        svc: &Service,
         nets: &BTreeMap<String, bool>,
         vars: &HashMap<String, String>,
     ) -> Result<ContainerCreateBody, ComposeError> {
+        let svc = file
+            .services
+            .get(service)
+            .ok_or_else(|| invalid(service, "not a service of the file"))?;
         let h = &self.hardening;
         let Service {
             image,
@@ -159,7 +185,9 @@ impl Plan {
             security_opt: _, // hostd's profiles; the policy allows only no-new-privileges
             cgroup: _,       // always private (the policy refuses anything else)
             volumes_from,
-            other: _, // refused by the policy
+            secrets: _, // each a read-only bind (super::files::mounts, below)
+            configs: _, // likewise
+            other: _,   // refused by the policy
         } = svc;
         let image = image.clone().ok_or_else(|| invalid(service, "no image"))?;
 
@@ -243,6 +271,10 @@ impl Plan {
                         }
                     };
                     let modes: Vec<&str> = mode.split(',').collect();
+                    if source.starts_with('.') {
+                        mounts.push(self.bundle_bind(service, source, target)?);
+                        continue;
+                    }
                     mounts.push(Mount {
                         typ: Some(MountType::VOLUME),
                         source: (!source.is_empty()).then(|| format!("{}_{source}", self.name)),
@@ -271,10 +303,15 @@ impl Plan {
                     if kind.as_deref() == Some("tmpfs") {
                         let t = tmpfs.clone().unwrap_or_default();
                         let mut opts = tmpfs_options("", t.size.map(|b| b.0), t.mode.map(|m| m.0));
-                        if *read_only == Some(true) {
+                        if read_only == &Some(true) {
                             opts = opts.replacen("rw,", "ro,", 1);
                         }
                         tmpfs_mounts.insert(target, opts);
+                        continue;
+                    }
+                    if kind.as_deref() == Some("bind") {
+                        let source = source.as_deref().unwrap_or("");
+                        mounts.push(self.bundle_bind(service, source, &target)?);
                         continue;
                     }
                     let vo = volume.clone().unwrap_or_default();
@@ -297,6 +334,19 @@ impl Plan {
                     });
                 }
             }
+        }
+        for (n, m) in super::files::mounts(file, svc, vars).iter().enumerate() {
+            let host = h
+                .files
+                .host_path(service, n, m)
+                .map_err(|e| invalid(service, e))?;
+            mounts.push(Mount {
+                typ: Some(MountType::BIND),
+                source: Some(host.display().to_string()),
+                target: Some(m.target.clone()),
+                read_only: Some(true),
+                ..Default::default()
+            });
         }
         for (host, inside) in &h.binds {
             mounts.push(Mount {

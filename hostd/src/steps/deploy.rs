@@ -5,8 +5,6 @@
 //! recorded file has no container at all the whole file is deployed again. A quarantined
 //! tenant is left exactly as it is, for forensics.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use bollard::Docker;
 
@@ -24,8 +22,8 @@ pub struct Deploy;
 /// policy within the tenant's limits, with the tailscale sidecar of an agent tenant added.
 /// The error is the refusal's message (every violation).
 pub fn prepared(host: &Host, rec: &Record, bundle: &Bundle) -> Result<ComposeFile, String> {
-    let mut file = crate::policy::check_compose(&bundle.compose, &bundle.vars(), &rec.spec.limits)
-        .map_err(|e| e.to_string())?;
+    let mut file =
+        crate::policy::check_compose(bundle, &rec.spec.limits).map_err(|e| e.to_string())?;
     if rec.spec.template == crate::spec::Template::Agent {
         if let Some(ts) = &host.tailscale {
             crate::tailscale::add_sidecar(&mut file, ts, rec.name()).map_err(|e| e.to_string())?;
@@ -34,30 +32,87 @@ pub fn prepared(host: &Host, rec: &Record, bundle: &Bundle) -> Result<ComposeFil
     Ok(file)
 }
 
-/// The recorded deployment as a bundle.
-fn recorded(rec: &Record) -> Option<Bundle> {
-    rec.deployment.as_ref().map(|d| Bundle {
+/// The recorded deployment as a bundle: its files read back from the tenant volume and
+/// checked against the recorded digests.
+fn recorded(host: &Host, rec: &Record) -> Result<Option<Bundle>, StepError> {
+    let Some(d) = rec.deployment.as_ref() else {
+        return Ok(None);
+    };
+    let files = match (&d.bundle, d.files.is_empty()) {
+        (_, true) => Default::default(),
+        (Some(dir), false) => crate::compose::files::read_tree(
+            &host.bundles_dir(rec).join(dir),
+            &d.files,
+        )
+        .map_err(|e| StepError::RecordedComposeRefused {
+            revision: d.revision,
+            message: format!("its files on the tenant volume: {e}; deploy it again with its files"),
+        })?,
+        (None, false) => Default::default(),
+    };
+    Ok(Some(Bundle {
         compose: d.compose.clone(),
         env: d.env.clone(),
-    })
+        files,
+    }))
 }
 
-/// Deploys `doc` into the tenant's engine and records the outcome on the current revision.
+/// Writes the bundle's files and file mounts on the tenant volume (once per bundle) and
+/// returns the directory, recording its name on the current revision.
+fn write_files(
+    run: &mut Run<'_>,
+    file: &ComposeFile,
+    bundle: &Bundle,
+) -> Result<std::path::PathBuf, StepError> {
+    let (base, _) = Host::remapped_root(run.rec);
+    let dir = crate::compose::files::write_tree(&run.host.bundles_dir(run.rec), bundle, file, base)
+        .map_err(|e| {
+            StepError::Precondition(format!(
+                "writing the deploy's files on the tenant volume: {e}"
+            ))
+        })?;
+    if let Some(dep) = run.rec.deployment.as_mut() {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        if dep.bundle != name {
+            dep.bundle = name;
+            run.save()?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Deploys `file` (read from `bundle`) into the tenant's engine and records the outcome on
+/// the current revision; a success removes the files of earlier bundles.
 pub async fn deploy_compose(
     run: &mut Run<'_>,
     docker: &Docker,
     file: &ComposeFile,
-    vars: &HashMap<String, String>,
+    bundle: &Bundle,
 ) -> Result<Vec<String>, StepError> {
-    let hardening = run.host.hardening(run.rec)?;
+    let mut hardening = run.host.hardening(run.rec)?;
+    let tree = write_files(run, file, bundle)?;
+    hardening.files.tree = Some(tree.clone());
+    let vars = bundle.vars();
     let project =
         crate::compose::Project::new(docker, run.rec.spec.name.compose_project(), hardening);
     let name = run.rec.name().to_owned();
     let result = {
         let progress = &mut *run.progress;
         let mut say = |l: String| progress(format!("{name}: {l}"));
-        project.deploy(file, vars, &mut say).await
+        project.deploy(file, &vars, &mut say).await
     };
+    if result.is_ok() {
+        match crate::compose::files::remove_others(&run.host.bundles_dir(run.rec), &tree) {
+            Ok(old) if !old.is_empty() => run.say(format!(
+                "removed the files of {} earlier deploy(s)",
+                old.len()
+            )),
+            Ok(_) => {}
+            Err(e) => run.say(format!(
+                "could not remove the files of earlier deploys: {e}"
+            )),
+        }
+    }
     if let Some(dep) = run.rec.deployment.as_mut() {
         match &result {
             Ok(_) => {
@@ -78,7 +133,7 @@ async fn missing(
     rec: &Record,
     docker: &Docker,
 ) -> Result<Option<(ComposeFile, Bundle, Vec<String>)>, StepError> {
-    let (Some(bundle), Some(dep)) = (recorded(rec), rec.deployment.as_ref()) else {
+    let (Some(bundle), Some(dep)) = (recorded(host, rec)?, rec.deployment.as_ref()) else {
         return Ok(None);
     };
     let file =
@@ -117,7 +172,7 @@ impl Step for Deploy {
                     "redeploying revision {revision}: no container for {}",
                     lost.join(", ")
                 ));
-                deploy_compose(run, &docker, &file, &bundle.vars()).await?;
+                deploy_compose(run, &docker, &file, &bundle).await?;
             }
         }
         Ok(())

@@ -32,6 +32,12 @@ pub struct ComposeFile {
     /// Top-level `volumes` (named volumes); `data:` with no body is `None`.
     #[serde(default)]
     pub volumes: BTreeMap<String, Option<Volume>>,
+    /// Top-level `secrets`: files a service lists to see at `/run/secrets/<name>`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, FileSource>,
+    /// Top-level `configs`: files a service lists to see at `/<name>` or its target.
+    #[serde(default)]
+    pub configs: BTreeMap<String, FileSource>,
     /// `version`: obsolete in the compose specification, which says implementations ignore it;
     /// read only so that the many files that still carry it deploy.
     #[serde(default)]
@@ -93,6 +99,10 @@ pub struct Service {
     pub security_opt: Option<Vec<String>>,
     pub cgroup: Option<String>,
     pub volumes_from: Option<Vec<String>>,
+    /// The top-level secrets this service sees (no other secret is mounted into it).
+    pub secrets: Option<Vec<FileRef>>,
+    /// The top-level configs this service sees.
+    pub configs: Option<Vec<FileRef>>,
     /// Every other key: refused by the policy.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
@@ -321,6 +331,52 @@ pub struct Volume {
     pub other: BTreeMap<String, Value>,
 }
 
+/// A top-level `secrets.<name>` or `configs.<name>`: where its bytes come from. Exactly one
+/// source: `file` (a file of the deploy's bundle), `content` (inline), `environment` (a
+/// variable of the tenant's env file) or, for secrets, `external: true` (one of the tenant's
+/// platform parameters, read from SSM with the customer's role).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FileSource {
+    pub file: Option<String>,
+    pub content: Option<String>,
+    pub environment: Option<String>,
+    pub external: Option<bool>,
+    /// `name`, `driver`, `template_driver`, `labels`, …: refused by the policy.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// One entry of a service's `secrets` or `configs`: `- name` or the long form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileRef {
+    /// `- name`: at the default target, owned by the container's root.
+    Short(String),
+    /// `{source, target, uid, gid, mode}`.
+    Long(FileRefLong),
+}
+
+/// The long form of a service's secret or config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRefLong {
+    pub source: String,
+    pub target: Option<String>,
+    pub uid: Option<Text>,
+    pub gid: Option<Text>,
+    pub mode: Option<Text>,
+}
+
+impl FileRef {
+    /// The top-level name it refers to.
+    pub fn source(&self) -> &str {
+        match self {
+            FileRef::Short(s) => s,
+            FileRef::Long(l) => &l.source,
+        }
+    }
+}
+
 /// One problem with a compose file: where (`services.web.cap_add`) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -435,6 +491,32 @@ pub fn load(
             Some(_) => problems.push(top(section, "must be a mapping of names to definitions")),
         }
     }
+    for (section, is_secret) in [("secrets", true), ("configs", false)] {
+        match root.remove(section) {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(m)) => {
+                for (name, body) in m {
+                    let name = name.as_str().unwrap_or_default().to_owned();
+                    let prefix = format!("{section}.{name}.");
+                    match body {
+                        Value::Mapping(body) => {
+                            let f = typed::<FileSource>(body, None, &prefix, &mut problems);
+                            if is_secret {
+                                file.secrets.insert(name, f);
+                            } else {
+                                file.configs.insert(name, f);
+                            }
+                        }
+                        _ => problems.push(top(
+                            format!("{section}.{name}"),
+                            "must be a mapping with one of file, content, environment (or external for secrets)",
+                        )),
+                    }
+                }
+            }
+            Some(_) => problems.push(top(section, "must be a mapping of names to definitions")),
+        }
+    }
     if let Some(v) = root.remove("version") {
         file.version = serde_norway::from_value(v).ok();
     }
@@ -490,7 +572,7 @@ fn strip_extensions(root: &mut Mapping) {
         "ulimits",
     ];
     strip(root);
-    for section in ["services", "networks", "volumes"] {
+    for section in ["services", "networks", "volumes", "secrets", "configs"] {
         let Some(Value::Mapping(items)) = root.get_mut(section) else {
             continue;
         };
