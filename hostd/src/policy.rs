@@ -634,8 +634,31 @@ impl Checker<'_> {
                     );
                 }
             }
+            if let Some(u) = &d.update_config {
+                match u.order.as_deref() {
+                    None | Some("stop-first") => {}
+                    Some("start-first") if crate::compose::is_shared(file, name) => self.refuse(
+                        s,
+                        "deploy.update_config.order",
+                        "another service joins this one's namespaces or volumes, so it keeps the old container: use stop-first",
+                    ),
+                    Some("start-first") => {}
+                    Some(o) => self.refuse(
+                        s,
+                        "deploy.update_config.order",
+                        format!("{o:?}: start-first or stop-first"),
+                    ),
+                }
+                for k in u.other.keys() {
+                    self.refuse(
+                        s,
+                        format!("deploy.update_config.{k}"),
+                        "one container per service: only update_config.order is translated",
+                    );
+                }
+            }
             for k in d.other.keys() {
-                self.refuse(s, format!("deploy.{k}"), "a swarm option with no meaning on one host; only deploy.resources and deploy.replicas: 1 are translated");
+                self.refuse(s, format!("deploy.{k}"), "a swarm option with no meaning on one host; only deploy.resources, deploy.replicas: 1 and deploy.update_config.order are translated");
             }
         }
         if let Some(adj) = svc.oom_score_adj {

@@ -29,7 +29,7 @@ pub use bundle::{bundle_digest, file_digest, normalize_path, parse_env_file, Bun
 pub use model::forms::{parse_duration, parse_size};
 pub use model::ComposeFile;
 use order::Dep;
-pub use order::{active_profiles, active_services, PROFILES_VAR};
+pub use order::{active_profiles, active_services, is_shared, PROFILES_VAR};
 pub use plan::Plan;
 
 /// Label keys docker compose uses; `docker compose -p <project> ps` filters on them.
@@ -231,6 +231,25 @@ pub async fn registry_resolves_safely(image: &str) -> Result<(), String> {
 pub struct Project<'a> {
     docker: &'a Docker,
     plan: Plan,
+    handover: Option<(&'a str, &'a dyn Handover)>,
+}
+
+/// What a start-first replacement calls once the new container runs (and is healthy, when
+/// it has a healthcheck) and before the old one stops: the executor waits until the new
+/// container serves and points the tenant's routes at it.
+#[async_trait::async_trait]
+pub trait Handover: Send + Sync {
+    /// `service`'s new container, at `ip`, is to take over.
+    async fn ready(&self, service: &str, ip: &str) -> Result<(), String>;
+}
+
+/// How a changed container of a service is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Remove the old container, then create the new one (compose's default).
+    StopFirst,
+    /// Create and start the new one, hand over, then stop the old one.
+    StartFirst,
 }
 
 impl<'a> Project<'a> {
@@ -239,11 +258,40 @@ impl<'a> Project<'a> {
         Self {
             docker,
             plan: Plan::new(name, hardening),
+            handover: None,
         }
     }
 
     /// Makes sure `image` is in the engine as `pull_policy` says: `missing` (the default)
     /// pulls only when absent, `always` pulls, `never` requires it loaded.
+    /// Replaces `ingress` start-first unless its file says otherwise (and no other service
+    /// shares its namespaces), calling `handover` before the old container stops: a redeploy
+    /// of the service the tenant's routes point at loses no connection.
+    pub fn with_handover(mut self, ingress: &'a str, handover: &'a dyn Handover) -> Self {
+        self.handover = Some((ingress, handover));
+        self
+    }
+
+    /// The replacement order of `service`: its `deploy.update_config.order`, else start-first
+    /// for the ingress (when nothing shares it), else stop-first.
+    fn order(&self, file: &ComposeFile, service: &str) -> Order {
+        let said = file.services[service]
+            .deploy
+            .as_ref()
+            .and_then(|d| d.update_config.as_ref())
+            .and_then(|u| u.order.as_deref());
+        match said {
+            Some("start-first") => Order::StartFirst,
+            Some(_) => Order::StopFirst,
+            None if self.handover.is_some_and(|(i, _)| i == service)
+                && !is_shared(file, service) =>
+            {
+                Order::StartFirst
+            }
+            None => Order::StopFirst,
+        }
+    }
+
     pub async fn ensure_image(
         &self,
         image: &str,
@@ -395,6 +443,17 @@ impl<'a> Project<'a> {
                     started.push(cname);
                     continue;
                 }
+                if running && self.order(file, service) == Order::StartFirst {
+                    self.ensure_image(
+                        body.image.as_deref().unwrap_or_default(),
+                        svc.pull_policy.as_deref(),
+                    )
+                    .await?;
+                    self.replace_start_first(service, &cname, body, hash, deadline, progress)
+                        .await?;
+                    started.push(cname);
+                    continue;
+                }
                 progress(format!("recreating {cname}"));
                 let rm = RemoveContainerOptionsBuilder::default().force(true).build();
                 self.docker
@@ -405,26 +464,141 @@ impl<'a> Project<'a> {
             let image = body.image.clone().unwrap_or_default();
             self.ensure_image(&image, svc.pull_policy.as_deref())
                 .await?;
-            let mut body = body;
-            if let Some(l) = body.labels.as_mut() {
-                l.insert(labels::CONFIG_HASH.into(), hash);
-            }
             progress(format!("creating {cname} from {image}"));
-            let opts = CreateContainerOptionsBuilder::default()
-                .name(&cname)
-                .build();
-            self.docker
-                .create_container(Some(opts), body)
-                .await
-                .map_err(engine(format!("creating {cname}")))?;
-            self.docker
-                .start_container(&cname, None)
-                .await
-                .map_err(engine(format!("starting {cname}")))?;
+            self.create_and_start(&cname, body, hash).await?;
             started.push(cname);
         }
         self.remove_orphans(&started, progress).await?;
         Ok(started)
+    }
+
+    async fn create_and_start(
+        &self,
+        cname: &str,
+        mut body: ContainerCreateBody,
+        hash: String,
+    ) -> Result<(), ComposeError> {
+        if let Some(l) = body.labels.as_mut() {
+            l.insert(labels::CONFIG_HASH.into(), hash);
+        }
+        let opts = CreateContainerOptionsBuilder::default().name(cname).build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(engine(format!("creating {cname}")))?;
+        self.docker
+            .start_container(cname, None)
+            .await
+            .map_err(engine(format!("starting {cname}")))
+    }
+
+    /// Start-first: the new container as `<name>-next`, running (and healthy, with a
+    /// healthcheck) within the deploy's deadline, the handover, then the old one stopped
+    /// (its own stop grace period) and removed, and the new one renamed to `<name>`. A new
+    /// container that never gets ready is removed and the old one keeps serving.
+    async fn replace_start_first(
+        &self,
+        service: &str,
+        cname: &str,
+        body: ContainerCreateBody,
+        hash: String,
+        deadline: Instant,
+        progress: &mut (dyn FnMut(String) + Send),
+    ) -> Result<(), ComposeError> {
+        let next = format!("{cname}-next");
+        let rm = || RemoveContainerOptionsBuilder::default().force(true).build();
+        // A replacement a crash interrupted.
+        let _ = self.docker.remove_container(&next, Some(rm())).await;
+        let healthcheck = body
+            .healthcheck
+            .as_ref()
+            .and_then(|h| h.test.as_ref())
+            .is_some_and(|t| t.first().map(String::as_str) != Some("NONE"));
+        progress(format!(
+            "starting a new {service} container beside {cname} (start-first)"
+        ));
+        self.create_and_start(&next, body, hash).await?;
+        let ready = self.ready(service, &next, healthcheck, deadline).await;
+        let ready = match ready {
+            Ok(ip) => match self.handover {
+                Some((_, h)) => h.ready(service, &ip).await.map_err(|e| invalid(service, e)),
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            let _ = self.docker.remove_container(&next, Some(rm())).await;
+            return Err(e);
+        }
+        progress(format!("stopping {cname}: its replacement serves"));
+        self.docker
+            .stop_container(
+                cname,
+                None::<bollard::query_parameters::StopContainerOptions>,
+            )
+            .await
+            .map_err(engine(format!("stopping {cname}")))?;
+        self.docker
+            .remove_container(cname, Some(rm()))
+            .await
+            .map_err(engine(format!("removing {cname}")))?;
+        let opts = bollard::query_parameters::RenameContainerOptionsBuilder::default()
+            .name(cname)
+            .build();
+        self.docker
+            .rename_container(&next, opts)
+            .await
+            .map_err(engine(format!("renaming {next} to {cname}")))
+    }
+
+    /// Waits until `container` runs (and is healthy, with a healthcheck) and returns its
+    /// address on its first network.
+    async fn ready(
+        &self,
+        service: &str,
+        container: &str,
+        healthcheck: bool,
+        deadline: Instant,
+    ) -> Result<String, ComposeError> {
+        loop {
+            let c = self
+                .docker
+                .inspect_container(container, None::<InspectContainerOptions>)
+                .await
+                .map_err(engine(format!("inspecting {container}")))?;
+            let state = c.state.unwrap_or_default();
+            let health = state
+                .health
+                .as_ref()
+                .and_then(|h| h.status)
+                .map(|s| s.to_string());
+            let ip = c
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|n| {
+                    n.into_values()
+                        .find_map(|e| e.ip_address.filter(|i| !i.is_empty()))
+                })
+                .unwrap_or_default();
+            let up = state.running == Some(true)
+                && (!healthcheck || health.as_deref() == Some("healthy"));
+            if up {
+                return Ok(ip);
+            }
+            if state.running == Some(false)
+                || health.as_deref() == Some("unhealthy")
+                || Instant::now() > deadline
+            {
+                return Err(invalid(
+                    service,
+                    format!(
+                        "its new container did not get ready (status {:?}, health {health:?}, exit code {:?}); the old one keeps serving",
+                        state.status, state.exit_code
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Removes the project's containers that the deployed file does not start (a service
@@ -642,6 +816,36 @@ mod tests {
         let (f, p) = model::load(text, &HashMap::new()).unwrap();
         assert!(p.is_empty(), "{p:#?}");
         f
+    }
+
+    struct NoHandover;
+    #[async_trait::async_trait]
+    impl Handover for NoHandover {
+        async fn ready(&self, _: &str, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_ingress_is_replaced_start_first_unless_shared_or_told_otherwise() {
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:1", 1, bollard::API_DEFAULT_VERSION)
+                .unwrap();
+        let h = NoHandover;
+        let p = Project::new(&docker, "m8trx-t", hardening()).with_handover("web", &h);
+        let f = file("services:\n  web:\n    image: x\n  db:\n    image: y\n");
+        assert_eq!(p.order(&f, "web"), Order::StartFirst);
+        assert_eq!(p.order(&f, "db"), Order::StopFirst);
+        let f = file("services:\n  web:\n    image: x\n    deploy: {update_config: {order: stop-first}}\n  db:\n    image: y\n    deploy: {update_config: {order: start-first}}\n");
+        assert_eq!(p.order(&f, "web"), Order::StopFirst);
+        assert_eq!(p.order(&f, "db"), Order::StartFirst);
+        let f = file("services:\n  web:\n    image: x\n  side:\n    image: y\n    network_mode: service:web\n");
+        assert!(is_shared(&f, "web") && !is_shared(&f, "side"));
+        assert_eq!(
+            p.order(&f, "web"),
+            Order::StopFirst,
+            "side holds web's namespace"
+        );
     }
 
     #[test]

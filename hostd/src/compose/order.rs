@@ -144,3 +144,20 @@ pub(super) fn start_order(
     }
     Ok(done)
 }
+
+/// Whether another service of the file joins `service`'s namespaces (`network_mode`, `ipc`,
+/// `pid` as `service:<it>`) or mounts its volumes (`volumes_from`): such a service cannot be
+/// replaced start-first, since its dependents hold on to the old container.
+pub fn is_shared(file: &ComposeFile, service: &str) -> bool {
+    let target = format!("service:{service}");
+    file.services.iter().any(|(name, s)| {
+        name != service
+            && ([&s.network_mode, &s.ipc, &s.pid]
+                .into_iter()
+                .any(|m| m.as_deref() == Some(target.as_str()))
+                || s.volumes_from
+                    .iter()
+                    .flatten()
+                    .any(|v| v.split(':').next() == Some(service)))
+    })
+}

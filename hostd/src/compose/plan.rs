@@ -203,7 +203,8 @@ impl Plan {
 
         let Deploy {
             resources,
-            replicas: _, // always 1 (the policy refuses anything else)
+            replicas: _,      // always 1 (the policy refuses anything else)
+            update_config: _, // how a changed container is replaced (super::Project::deploy)
             other: _,
         } = deploy.clone().unwrap_or_default();
         let (limits, reservations) = resources

@@ -93,8 +93,14 @@ pub async fn deploy_compose(
     let tree = write_files(run, file, bundle)?;
     hardening.files.tree = Some(tree.clone());
     let vars = bundle.vars();
+    let handover = RouteHandover {
+        host: run.host,
+        rec: run.rec.clone(),
+    };
+    let ingress = run.rec.spec.ingress().service;
     let project =
-        crate::compose::Project::new(docker, run.rec.spec.name.compose_project(), hardening);
+        crate::compose::Project::new(docker, run.rec.spec.name.compose_project(), hardening)
+            .with_handover(&ingress, &handover);
     let name = run.rec.name().to_owned();
     let result = {
         let progress = &mut *run.progress;
@@ -124,6 +130,59 @@ pub async fn deploy_compose(
         run.save()?;
     }
     Ok(result?)
+}
+
+/// How long the old ingress keeps serving after the routes point at its replacement: a
+/// connection sni-proxy routed just before the switch is still being connected.
+pub const HANDOVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a new ingress container may take to accept connections on its port.
+pub const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The start-first handover of the tenant's ingress: once the new container accepts
+/// connections on the ingress port, the routes point at it; the old one then drains.
+struct RouteHandover<'a> {
+    host: &'a Host,
+    rec: Record,
+}
+
+#[async_trait]
+impl crate::compose::Handover for RouteHandover<'_> {
+    async fn ready(&self, service: &str, ip: &str) -> Result<(), String> {
+        let ingress = self.rec.spec.ingress();
+        if service != ingress.service || !self.rec.serving() {
+            return Ok(());
+        }
+        let addr = format!("{ip}:{}", ingress.port);
+        let until = tokio::time::Instant::now() + HANDOVER_WAIT;
+        loop {
+            let attempt = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await;
+            if matches!(attempt, Ok(Ok(_))) {
+                break;
+            }
+            if tokio::time::Instant::now() > until {
+                return Err(format!(
+                    "the new container accepted no connection on {addr} within {}s",
+                    HANDOVER_WAIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if let Some(sock) = &self.host.cfg.proxy_admin {
+            let admin = crate::proxy_routes::ProxyAdmin::new(sock);
+            for route in super::routes::routes_to(&self.rec, ip) {
+                admin
+                    .set(&route)
+                    .await
+                    .map_err(|e| format!("pointing {} at the new container: {e}", route.sni))?;
+            }
+        }
+        tokio::time::sleep(HANDOVER_DRAIN).await;
+        Ok(())
+    }
 }
 
 /// Services of the recorded deployment that start (their profile is active) but have no

@@ -27,6 +27,12 @@ async fn wanted(host: &Host, rec: &Record) -> Vec<TenantRoute> {
     let Some(ip) = crate::containers::ingress_ip(&docker, &project, &ingress.service).await else {
         return Vec::new();
     };
+    routes_to(rec, &ip)
+}
+
+/// The tenant's routes to an ingress container at `ip`.
+pub(crate) fn routes_to(rec: &Record, ip: &str) -> Vec<TenantRoute> {
+    let ingress = rec.spec.ingress();
     rec.spec
         .subdomains
         .iter()

@@ -172,7 +172,18 @@ pub struct Healthcheck {
 pub struct Deploy {
     pub resources: Option<Resources>,
     pub replicas: Option<i64>,
+    pub update_config: Option<UpdateConfig>,
     /// Every other key (`mode`, `placement`, `restart_policy`, …): refused by the policy.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// `deploy.update_config`: only `order` means something for one container per service.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UpdateConfig {
+    /// `start-first` (the new container serves before the old one stops) or `stop-first`.
+    pub order: Option<String>,
+    /// `parallelism`, `delay`, `failure_action`, `monitor`, `max_failure_ratio`: refused.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
 }
