@@ -33,6 +33,11 @@ fn evidence(what: &str, detail: impl std::fmt::Display) {
     println!("vm evidence: [+{at}s] {what}: {detail}");
 }
 
+/// How long one phase took, for finding where the tier's time goes (not asserted).
+fn timing(what: &str, since: Instant) {
+    println!("vm timing: {what}: {:.1} s", since.elapsed().as_secs_f64());
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -386,20 +391,28 @@ fn shared_host_in_a_production_shaped_vm() {
     assert!(lines[3].contains("nf_tables"), "iptables-nft: {shape}");
     evidence("shape", shape.replace('\n', " | "));
 
+    let phase = Instant::now();
     provision(vm);
     vm.ok("systemctl is-active hostd.service sni-proxy.service cred-broker.service m8trx-firewall.service m8trx-broker-if.service");
+    timing("provisioning (30-m8trx.sh, 40-verify.sh, daemons)", phase);
 
     // --- tenants --------------------------------------------------------------------------
     let t = format!("{SHARE_MOUNT}/tenants");
     let img = format!("{SHARE_MOUNT}/images");
     for name in ["acme", "beta", "gamma"] {
+        let phase = Instant::now();
         let out = vm.sh(&format!("{CTL} create -f {t}/{name}.yml"));
         assert_eq!(out.code, 0, "create {name}:\n{}", out.text());
+        timing(&format!("create {name}"), phase);
+        let phase = Instant::now();
         vm.ok(&format!(
             "hostd ctl load {name} -i {img}/caddy.tar && hostd ctl load {name} -i {img}/tools.tar"
         ));
+        timing(&format!("load {name}'s two images"), phase);
+        let phase = Instant::now();
         let out = vm.sh(&format!("{CTL} deploy {name} -f {t}/{name}-compose.json"));
         assert_eq!(out.code, 0, "deploy {name}:\n{}", out.text());
+        timing(&format!("deploy {name}"), phase);
     }
 
     // Two tenants (three here) reached through sni-proxy, each by its own Caddy.
