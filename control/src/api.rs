@@ -36,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/validate", post(validate))
         .route("/v1/deployments", post(deploy))
         .route("/v1/deployments/{name}", get(status).delete(delete))
+        .route("/v1/deployments/{name}/compose", post(deploy_compose))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .with_state(state)
@@ -128,6 +129,75 @@ async fn deploy(
                 Ok(outcome) => serde_json::to_value(outcome).map_err(|e| e.to_string()),
                 Err(e) => {
                     progress.line(format!("deploy failed: {e}"));
+                    Err(error_text(&e))
+                }
+            }
+        }) {
+        Ok(id) => started(id),
+        Err(id) => busy(&customer, id),
+    }
+}
+
+/// `POST /v1/deployments/{name}/compose`: the tenant's compose file, env file and files
+/// (hostd's deploy body), forwarded to hostd on its shared host as a job. The body's size and
+/// form are checked here; the compose policy runs on the host, with the tenant's limits.
+async fn deploy_compose(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let name = match parse_name(&name) {
+        Ok(n) => n,
+        Err(errors) => return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors),
+    };
+    if body.len() > crate::hostd::MAX_FORWARDED_BUNDLE {
+        return field_errors(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            vec![FieldError {
+                field: "body".to_owned(),
+                message: format!(
+                    "{} bytes; control forwards bundles of at most {} bytes (SSM RunCommand bounds its parameters): deploy larger ones on the host with `hostd ctl deploy`",
+                    body.len(),
+                    crate::hostd::MAX_FORWARDED_BUNDLE
+                ),
+            }],
+        );
+    }
+    let bundle: m8trx_spec::bundle::Bundle = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return field_errors(
+                StatusCode::BAD_REQUEST,
+                vec![FieldError {
+                    field: "body".to_owned(),
+                    message: format!("the body must be JSON {{\"compose\": \"<compose file>\", \"env\": {{\"VAR\": \"value\"}}, \"files\": {{\"path\": \"<base64>\"}}}}: {e}"),
+                }],
+            )
+        }
+    };
+    let mut problems = m8trx_spec::bundle::check_files(&bundle.files);
+    if bundle.compose.trim().is_empty() {
+        problems.push("compose: the compose file is empty".to_owned());
+    }
+    if !problems.is_empty() {
+        let errors = problems
+            .into_iter()
+            .map(|message| FieldError {
+                field: "files".to_owned(),
+                message,
+            })
+            .collect();
+        return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors);
+    }
+    let customer = name.to_string();
+    let control = st.control.clone();
+    match st
+        .jobs
+        .start("compose", &customer, move |progress: Progress| async move {
+            match control.deploy_compose(&name, &bundle, &progress).await {
+                Ok(outcome) => serde_json::to_value(outcome).map_err(|e| e.to_string()),
+                Err(e) => {
+                    progress.line(format!("compose deploy failed: {e}"));
                     Err(error_text(&e))
                 }
             }

@@ -46,6 +46,38 @@ pub fn create_commands(spec: &TenantSpec) -> Result<Vec<String>> {
     ])
 }
 
+/// The largest deploy bundle control forwards (its JSON, before base64): SSM RunCommand
+/// carries it inside the command's parameters, which AWS bounds (64 KB in all); a larger
+/// bundle is deployed on the host with `hostd ctl deploy`.
+pub const MAX_FORWARDED_BUNDLE: usize = 40 << 10;
+
+/// Shell lines that hand a deploy bundle to hostd: the bundle travels base64-encoded (no
+/// quoting of the compose text can break the script) into a private temporary file that is
+/// removed whatever happens.
+pub fn deploy_commands(name: &str, bundle: &m8trx_spec::bundle::Bundle) -> Result<Vec<String>> {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(bundle)
+        .map_err(|e| ControlError::Conflict(format!("cannot serialise the deploy bundle: {e}")))?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(json);
+    let q = quote(name);
+    let mut lines = vec![
+        "set -eu".to_owned(),
+        "umask 077".to_owned(),
+        "f=$(mktemp)".to_owned(),
+        "trap 'rm -f \"$f\"' EXIT".to_owned(),
+        "base64 -d > \"$f\" <<'M8TRX_BUNDLE_EOF'".to_owned(),
+    ];
+    lines.extend(
+        encoded
+            .as_bytes()
+            .chunks(76)
+            .map(|c| String::from_utf8_lossy(c).into_owned()),
+    );
+    lines.push("M8TRX_BUNDLE_EOF".to_owned());
+    lines.push(format!("hostd ctl deploy {q} --bundle \"$f\" --json"));
+    Ok(lines)
+}
+
 /// Shell lines that destroy the tenant if hostd has it (data kept unless `wipe`).
 pub fn destroy_commands(name: &str, wipe: bool) -> Vec<String> {
     let q = quote(name);
@@ -425,6 +457,57 @@ mod tests {
         assert!(
             !spec_dir.join("acme.json").exists(),
             "spec file removed after create"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn deploy_script_hands_hostd_the_bundle_byte_for_byte() {
+        // The exact script with a stub `hostd` on PATH that keeps what it was given.
+        let dir = std::env::temp_dir().join(format!("control-deploy-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let stub = format!(
+            "#!/bin/sh\n[ \"$1 $2 $3 $4\" = \"ctl deploy acme --bundle\" ] || exit 9\ncp \"$5\" {0}/seen.json; echo \"$5\" > {0}/path\necho '{{\"message\":\"deployed\"}}'\n",
+            dir.display()
+        );
+        std::fs::write(bin.join("hostd"), stub).unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(bin.join("hostd"))
+            .status()
+            .unwrap();
+        let bundle = m8trx_spec::bundle::Bundle {
+            compose: "services:\n  web:\n    image: x # it's \"quoted\"\nEOF\nM8TRX_BUNDLE_EOF\n"
+                .into(),
+            env: [("A".to_owned(), "$(rm -rf /)".to_owned())].into(),
+            files: [("conf/app.ini".to_owned(), vec![0, 1, 2, 255])].into(),
+        };
+        let script = deploy_commands("acme", &bundle).unwrap().join("\n");
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: m8trx_spec::bundle::Bundle =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("seen.json")).unwrap()).unwrap();
+        assert_eq!(seen, bundle);
+        let tmp = std::fs::read_to_string(dir.join("path")).unwrap();
+        assert!(
+            !std::path::Path::new(tmp.trim()).exists(),
+            "the bundle file is removed"
+        );
+        assert_eq!(
+            parse_output(&String::from_utf8_lossy(&out.stdout)),
+            [HostdLine {
+                error: false,
+                text: "deployed".into()
+            }]
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -272,6 +272,16 @@ impl Control {
         Ok(deleted)
     }
 
+    /// Deploys a compose bundle into the shared tenant `name` (through hostd on its host).
+    pub async fn deploy_compose(
+        &self,
+        name: &CustomerName,
+        bundle: &m8trx_spec::bundle::Bundle,
+        progress: &Progress,
+    ) -> Result<shared::ComposeDeployment> {
+        shared::deploy_compose(&self.clients, &self.config, name, bundle, progress).await
+    }
+
     /// Reads what exists for `name` (by tag, path and ledger).
     pub async fn status(&self, name: &CustomerName) -> Result<Status> {
         let c = &self.clients;

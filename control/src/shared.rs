@@ -337,6 +337,53 @@ async fn set_state(clients: &Clients, host: &str, r: &mut Reservation, state: &s
     Ok(())
 }
 
+/// Where a compose deploy ran and what hostd said.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ComposeDeployment {
+    /// The shared host the tenant lives on.
+    pub host_instance_id: String,
+    /// hostd's messages (its deploy progress and result).
+    pub hostd_messages: Vec<String>,
+}
+
+/// Hands a deploy bundle (compose file, env file, files) to hostd on the tenant's shared
+/// host; hostd checks it against the tenant's policy and deploys it.
+pub async fn deploy_compose(
+    clients: &Clients,
+    config: &ControlConfig,
+    name: &CustomerName,
+    bundle: &m8trx_spec::bundle::Bundle,
+    progress: &Progress,
+) -> Result<ComposeDeployment> {
+    let Some((host, r)) =
+        inventory::find_reservation(&clients.ec2, &config.fleet, name.as_str()).await?
+    else {
+        return Err(ControlError::Missing(format!(
+            "{name} has no placement on a shared host of fleet {:?}: deploy the tenant first (POST /v1/deployments); dedicated instances take their compose file through their own setup",
+            config.fleet
+        )));
+    };
+    if r.state != "running" {
+        return Err(ControlError::Conflict(format!(
+            "{name} is {} on {}, not running: finish or repeat its deploy first",
+            r.state, host.instance_id
+        )));
+    }
+    let lines = hostd::run(
+        &clients.ssm,
+        config,
+        &host.instance_id,
+        &format!("deploy {name}'s compose file"),
+        hostd::deploy_commands(name.as_str(), bundle)?,
+        progress,
+    )
+    .await?;
+    Ok(ComposeDeployment {
+        host_instance_id: host.instance_id,
+        hostd_messages: lines.into_iter().map(|l| l.text).collect(),
+    })
+}
+
 /// What a shared delete removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SharedRemoval {

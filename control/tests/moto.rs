@@ -1071,6 +1071,42 @@ async fn api_runs_deploy_and_delete_as_pollable_jobs() {
         job["result"]["placement"]["host_instance_id"],
         host.as_str()
     );
+
+    // The tenant's compose bundle, forwarded to hostd on its host as a job.
+    let compose_uri = format!("/v1/deployments/{name}/compose");
+    let raw = |body: Vec<u8>| {
+        axum::http::Request::post(compose_uri.clone())
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    };
+    let (s, _) = call(&app, raw(b"{\"compose\": 1}".to_vec())).await;
+    assert_eq!(s, 400, "not a bundle");
+    let (s, body) = call(&app, raw(vec![b' '; 50 << 10])).await;
+    assert_eq!(s, 413, "{body}");
+    let bad = serde_json::json!({"compose": "services: {}", "files": {"../etc/passwd": "eA=="}});
+    let (s, body) = call(&app, json("POST", compose_uri.clone(), &bad)).await;
+    assert_eq!(s, 422, "{body}");
+    let bundle = serde_json::json!({
+        "compose": "services:\n  web:\n    image: nginx:1.27\n    configs: [site]\nconfigs:\n  site: {file: ./site.conf}\n",
+        "env": {"A": "1"},
+        "files": {"site.conf": "c2VydmVyIHt9"},
+    });
+    let (s, body) = call(&app, json("POST", compose_uri.clone(), &bundle)).await;
+    assert_eq!(s, 202, "{body}");
+    let cjob = wait_job(&app, body["job"].as_u64().unwrap()).await;
+    assert_eq!(cjob["state"], "succeeded", "{cjob}");
+    assert_eq!(cjob["result"]["host_instance_id"], host.as_str());
+    let (s, body) = call(
+        &app,
+        json("POST", "/v1/deployments/nowhere/compose".into(), &bundle),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let cjob = wait_job(&app, body["job"].as_u64().unwrap()).await;
+    assert_eq!(cjob["state"], "failed", "{cjob}");
+    assert!(cjob.to_string().contains("no placement"), "{cjob}");
+
     let all: Vec<String> = serde_json::from_value(job["all_lines"].clone()).unwrap();
     for step in [
         "ssm: ",

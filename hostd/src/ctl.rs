@@ -310,6 +310,19 @@ pub fn read_bundle(
     })
 }
 
+/// A whole deploy from one JSON file (`--bundle`), as the API takes it.
+pub fn read_bundle_json(path: &PathBuf) -> Result<crate::compose::Bundle, CtlError> {
+    serde_json::from_str(&read_input(path)?).map_err(|e| {
+        fail(
+            exit::USAGE,
+            format!(
+                "{}: not a deploy bundle ({{\"compose\", \"env\", \"files\"}}): {e}",
+                path.display()
+            ),
+        )
+    })
+}
+
 /// Adds `rel` (a file, or every file under a directory) to `files`, read from `base/rel`.
 fn include_path(
     base: &std::path::Path,

@@ -155,8 +155,12 @@ enum Op {
         /// Tenant name.
         name: String,
         /// Compose file.
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        #[arg(short = 'f', long = "file", required_unless_present = "bundle")]
+        file: Option<PathBuf>,
+        /// A whole deploy as one JSON file, the API's body (`{"compose", "env", "files"}`),
+        /// instead of -f, --env-file and --include: what control sends from the dashboard.
+        #[arg(long, value_name = "JSON", conflicts_with_all = ["file", "env_file", "include"])]
+        bundle: Option<PathBuf>,
         /// Variables for the file (`KEY=VALUE` lines, as docker compose reads `.env`): for
         /// `${VAR}` interpolation, `environment` keys written without a value, and
         /// `COMPOSE_PROFILES`. Recorded with the revision.
@@ -461,10 +465,22 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
         Op::Deploy {
             name,
             file,
+            bundle,
             env_file,
             include,
         } => {
-            let bundle = ctl::read_bundle(&file, env_file.as_ref(), &include)?;
+            let bundle = match (bundle, file) {
+                (Some(json_file), _) => ctl::read_bundle_json(&json_file)?,
+                (None, Some(file)) => ctl::read_bundle(&file, env_file.as_ref(), &include)?,
+                (None, None) => {
+                    return Err(CtlError {
+                        message:
+                            "give the compose file (-f FILE) or a whole bundle (--bundle JSON)"
+                                .into(),
+                        code: exit::USAGE,
+                    })
+                }
+            };
             let body = ctl::text_body(Some(serde_json::to_string(&bundle).map_err(|e| {
                 CtlError {
                     message: format!("encoding the deploy: {e}"),

@@ -144,6 +144,23 @@ fn serve_and_ctl_create_deploy_restart_destroy() {
         "{}",
         text(&o)
     );
+    // The same deploy as one JSON bundle (what control forwards): accepted, nothing changed.
+    let bundle = dir.join("bundle.json");
+    std::fs::write(
+        &bundle,
+        serde_json::json!({"compose": std::fs::read_to_string(&compose).unwrap()}).to_string(),
+    )
+    .unwrap();
+    let o = d.ctl(&["deploy", &name, "--bundle", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "deploy --bundle failed: {}", text(&o));
+    assert!(text(&o).contains("up to date"), "{}", text(&o));
+    let o = d.ctl(&["deploy", &name, "--bundle", compose.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a compose file is no bundle: {}",
+        text(&o)
+    );
     let hostile = dir.join("hostile.yml");
     std::fs::write(
         &hostile,

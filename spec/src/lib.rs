@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod bundle;
 pub mod tenant;
 
 pub use tenant::TenantSpec;
