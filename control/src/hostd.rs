@@ -413,24 +413,29 @@ mod tests {
         );
     }
 
+    /// Writes `script` as an executable `hostd` in `<dir>/bin` and returns that directory,
+    /// for running control's exact scripts with it first on PATH.
+    fn stub_hostd(dir: &std::path::Path, script: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("hostd"), script).unwrap();
+        std::fs::set_permissions(bin.join("hostd"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        bin
+    }
+
     #[test]
     fn create_script_runs_against_a_stand_in_hostd() {
         // Execute the exact script with a stub `hostd` on PATH and a private spec dir, to prove
         // the heredoc delivers the spec byte for byte and the create branch is taken.
         let dir = std::env::temp_dir().join(format!("control-hostd-{}", std::process::id()));
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
         let spec_dir = dir.join("spec");
         let stub = format!(
             "#!/bin/sh\ncase \"$2\" in status) exit 1;; create) cp \"$4\" {0}/seen.json; echo '{{\"message\":\"created\"}}';; esac\n",
             dir.display()
         );
-        std::fs::write(bin.join("hostd"), stub).unwrap();
-        std::process::Command::new("chmod")
-            .arg("+x")
-            .arg(bin.join("hostd"))
-            .status()
-            .unwrap();
+        let bin = stub_hostd(&dir, &stub);
         let script = create_commands(&spec())
             .unwrap()
             .join("\n")
@@ -465,18 +470,11 @@ mod tests {
     fn deploy_script_hands_hostd_the_bundle_byte_for_byte() {
         // The exact script with a stub `hostd` on PATH that keeps what it was given.
         let dir = std::env::temp_dir().join(format!("control-deploy-{}", std::process::id()));
-        let bin = dir.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
         let stub = format!(
             "#!/bin/sh\n[ \"$1 $2 $3 $4\" = \"ctl deploy acme --bundle\" ] || exit 9\ncp \"$5\" {0}/seen.json; echo \"$5\" > {0}/path\necho '{{\"message\":\"deployed\"}}'\n",
             dir.display()
         );
-        std::fs::write(bin.join("hostd"), stub).unwrap();
-        std::process::Command::new("chmod")
-            .arg("+x")
-            .arg(bin.join("hostd"))
-            .status()
-            .unwrap();
+        let bin = stub_hostd(&dir, &stub);
         let bundle = m8trx_spec::bundle::Bundle {
             compose: "services:\n  web:\n    image: x # it's \"quoted\"\nEOF\nM8TRX_BUNDLE_EOF\n"
                 .into(),
