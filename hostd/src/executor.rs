@@ -163,16 +163,21 @@ impl Host {
         let doc = steps::deploy::prepared(self, &rec, &bundle).map_err(HostError::Refused)?;
         let docker = self.docker(&rec).await?;
         let revision = rec.deployment.as_ref().map_or(0, |d| d.revision) + 1;
+        // The bundle is on the tenant volume before the record names it: a crash between
+        // the two leaves an unnamed directory, never a revision without its bundle.
+        let dir = steps::deploy::store(self, &rec, &doc, &bundle)
+            .await
+            .map_err(HostError::step(name, StepKind::Deploy))?;
         rec.deployment = Some(Deployment {
             revision,
-            compose: bundle.compose.clone(),
-            env: bundle.env.clone(),
+            bundle: dir.file_name().map(|n| n.to_string_lossy().into_owned()),
             files: bundle
                 .files
                 .iter()
                 .map(|(p, d)| (p.clone(), crate::compose::file_digest(d)))
                 .collect(),
-            bundle: None,
+            compose: String::new(),
+            env: Default::default(),
             accepted_at: now_secs(),
             deployed_at: None,
             error: None,

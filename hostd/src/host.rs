@@ -84,6 +84,8 @@ pub struct Host {
     pub(crate) locks: TenantLocks,
     /// Held only while a create picks a free slot and records it.
     pub(crate) slots: tokio::sync::Mutex<()>,
+    /// The highest open files limit a container can be given here (detected once at start).
+    pub(crate) nofile_ceiling: u64,
 }
 
 impl Host {
@@ -96,6 +98,14 @@ impl Host {
             driver = cgroups.driver().docker_name(),
             "cgroup layout"
         );
+        let nofile_ceiling = crate::engine::container_nofile_ceiling();
+        if nofile_ceiling < crate::engine::ENGINE_NOFILE {
+            tracing::warn!(
+                nofile_ceiling,
+                "hostd lacks CAP_SYS_RESOURCE: containers get at most {nofile_ceiling} open files; \
+                 deploys asking for more are refused"
+            );
+        }
         Ok(Self {
             cfg,
             store,
@@ -105,6 +115,7 @@ impl Host {
             tailscale: None,
             locks: TenantLocks::default(),
             slots: tokio::sync::Mutex::new(()),
+            nofile_ceiling,
         })
     }
 

@@ -48,8 +48,9 @@ pub const MAX_HEALTH_RETRIES: i64 = 100;
 pub const MAX_START_PERIOD: std::time::Duration = std::time::Duration::from_secs(600);
 /// The longest stop grace period: a tenant stop or redeploy waits at most this per container.
 pub const MAX_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
-/// nofile ceiling a container may ask for.
-pub const MAX_NOFILE: i64 = 1 << 20;
+/// nofile ceiling a container may ask for: the engine's own hard limit, which a container in
+/// a user namespace cannot raise.
+pub const MAX_NOFILE: i64 = crate::engine::ENGINE_NOFILE as i64;
 /// json-file/local log rotation bounds: files of at most 100 MiB, at most 10 of them.
 pub const MAX_LOG_SIZE: i64 = 100 << 20;
 /// See [`MAX_LOG_SIZE`].
@@ -104,6 +105,30 @@ pub fn check_compose(bundle: &Bundle, limits: &Limits) -> Result<ComposeFile, Po
     } else {
         Err(PolicyError::Refused(problems))
     }
+}
+
+/// What this host cannot give a file the policy accepts: open files limits above what a
+/// container can be granted here (see [`crate::engine::container_nofile_ceiling`]).
+pub fn host_violations(file: &ComposeFile, nofile_ceiling: u64) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (name, svc) in &file.services {
+        let Some(model::Ulimit::Single(hard) | model::Ulimit::Pair(model::UlimitPair { hard, .. })) =
+            svc.ulimits.as_ref().and_then(|u| u.get("nofile")).copied()
+        else {
+            continue;
+        };
+        if u64::try_from(hard).is_ok_and(|h| h > nofile_ceiling) {
+            out.push(Problem {
+                service: Some(name.clone()),
+                key: "ulimits.nofile".into(),
+                rule: format!(
+                    "hard {hard} is above what this host can give a container ({nofile_ceiling}: \
+                     hostd runs without CAP_SYS_RESOURCE); ask for at most {nofile_ceiling}"
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// Every rule the typed file breaks, read with the bundle it came in (its variables and
@@ -343,10 +368,12 @@ impl Checker<'_> {
                             }
                         }
                     }
-                    if let Some(m) = &l.mode {
-                        if files::parse_mode(&m.0).is_none() {
-                            self.refuse(s, format!("{key}.mode"), format!("{:?}: an octal mode like 0440, at most 0777 (no setuid, setgid or sticky bits)", m.0));
-                        }
+                    if let Some(m) = l
+                        .mode
+                        .as_ref()
+                        .filter(|m| m.mode.is_none_or(|v| v > files::MAX_FILE_MODE))
+                    {
+                        self.refuse(s, format!("{key}.mode"), format!("{}: a file mode like 0440 or 0o440, at most 0777 (no setuid, setgid or sticky bits)", m.written));
                     }
                     if src.external == Some(true)
                         && (l.uid.is_some() || l.gid.is_some() || l.mode.is_some())
@@ -855,14 +882,20 @@ impl Checker<'_> {
                             if let Some(size) = m.tmpfs.as_ref().and_then(|t| t.size) {
                                 self.bytes(s, &format!("{key}.tmpfs.size"), size.0, mem);
                             }
-                            if let Some(mode) = m.tmpfs.as_ref().and_then(|t| t.mode.as_ref()) {
-                                if u32::from_str_radix(&mode.0, 8).map_or(true, |x| x > 0o7777) {
-                                    self.refuse(
-                                        s,
-                                        format!("{key}.tmpfs.mode"),
-                                        "an octal mode like 1777",
-                                    );
-                                }
+                            if let Some(mode) = m
+                                .tmpfs
+                                .as_ref()
+                                .and_then(|t| t.mode.as_ref())
+                                .filter(|m| m.mode.is_none())
+                            {
+                                self.refuse(
+                                    s,
+                                    format!("{key}.tmpfs.mode"),
+                                    format!(
+                                        "{}: a mode like 0o1777 or \"1777\" (octal)",
+                                        mode.written
+                                    ),
+                                );
                             }
                         }
                         "bind" => self.bind(
@@ -1108,6 +1141,26 @@ networks:
   default: { driver: bridge }
 "#;
         check_compose(&Bundle::of(ok), &limits()).unwrap();
+    }
+
+    #[test]
+    fn open_files_above_what_the_host_can_grant_are_named() {
+        let file = check_compose(
+            &Bundle::of(
+                "services:\n  es:\n    image: x\n    ulimits: { nofile: { soft: 1024, hard: 65536 } }\n  \
+                 ok:\n    image: x\n    ulimits: { nofile: 4096 }\n",
+            ),
+            &limits(),
+        )
+        .unwrap();
+        assert!(host_violations(&file, crate::engine::ENGINE_NOFILE).is_empty());
+        let v = host_violations(&file, 20_000);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].service.as_deref(), v[0].key.as_str()),
+            (Some("es"), "ulimits.nofile")
+        );
+        assert!(v[0].rule.contains("at most 20000"), "{}", v[0].rule);
     }
 
     #[test]

@@ -21,23 +21,26 @@ pub enum Desired {
 }
 
 /// The compose file last accepted for the tenant: what reconcile redeploys after a reboot.
+/// The bundle itself (compose file, variables, files) is on the tenant's encrypted volume;
+/// the record on the host disk names it by digest and holds none of its contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
     /// Counts accepted deploys from 1; shown by `hostd ctl status`.
     pub revision: u64,
-    /// The file exactly as submitted; checked again by the policy before every redeploy.
-    pub compose: String,
-    /// The variables submitted with it (the env file): the same interpolation on a redeploy.
-    #[serde(default)]
-    pub env: std::collections::BTreeMap<String, String>,
-    /// The files sent with it, by path, as sha256 digests: the files themselves are kept on
-    /// the tenant's encrypted volume (`<volume>/bundle/<bundle>/files/`), never here.
-    #[serde(default)]
-    pub files: std::collections::BTreeMap<String, String>,
-    /// The bundle's directory name on the tenant volume (its digest), when it had files or
-    /// file mounts.
+    /// The bundle's directory on the tenant volume (`<volume>/bundle/<digest>/`), written
+    /// before the revision is recorded; checked again by the policy before every redeploy.
     #[serde(default)]
     pub bundle: Option<String>,
+    /// The files sent with it, by path, as sha256 digests (which paths to read back).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+    /// Records written before bundles moved onto the tenant volume kept the compose file
+    /// here; the next deploy of such a revision writes it to the volume and clears this.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub compose: String,
+    /// The variables such a record kept beside it; cleared with `compose`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
     /// When it was accepted (seconds since the epoch).
     pub accepted_at: u64,
     /// When a deploy of this revision last completed.

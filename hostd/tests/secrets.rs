@@ -4,47 +4,18 @@
 //! variable and inline content, and a bundle file sent with `--include`, mounted read-only
 //! where the file says with the ids and mode it names; a service that lists nothing sees
 //! nothing; `hostd ctl rotate-secrets` picks up a changed value and restarts the containers;
-//! no value ever appears in hostd's log or output.
+//! no value ever appears in hostd's log, its output or its state on the host disk.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{
-    busybox_tarball, env, require_root, tenant_docker, text, write_spec, Cleanup, Daemon,
+    busybox_tarball, env, put_parameters, require_root, tenant_docker, text, write_spec, Cleanup,
+    Daemon, LEAVES,
 };
-
-const LEAVES: [&str; 6] = [
-    "brain-key",
-    "brain-customer-id",
-    "brain-url",
-    "tailscale-auth-key",
-    "agent-fetch-pat",
-    "agent-ui-password",
-];
-
-/// Puts the parameters into moto as control would (SecureString where the platform says).
-fn put_parameters(name: &str, suffix: &str) {
-    let script = r#"
-import sys, boto3
-ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=sys.argv[1],
-                   aws_access_key_id="AKIDCONTROL", aws_secret_access_key="control")
-name, suffix = sys.argv[2], sys.argv[3]
-for leaf in ["brain-key", "brain-customer-id", "brain-url", "tailscale-auth-key",
-             "agent-fetch-pat", "agent-ui-password"]:
-    plain = leaf in ("brain-customer-id", "brain-url")
-    ssm.put_parameter(Name=f"/m8trx/{name}/{leaf}", Value=f"secret-{leaf}-{suffix}",
-                      Type="String" if plain else "SecureString", Overwrite=True)
-"#;
-    let o = Command::new(env("M8TRX_PYTHON"))
-        .args(["-c", script, &env("M8TRX_MOTO_ENDPOINT"), name, suffix])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-}
 
 fn app_output(name: &str) -> String {
     output_of(name, "app")
@@ -195,9 +166,19 @@ fn parameters_reach_the_tenant_as_files_and_rotate() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Nothing secret in what hostd printed or logged.
+    // Nothing secret in what hostd printed or logged, nor in its state on the host disk:
+    // the bundle (inline content, the env file) lives only on the tenant's own volume.
     let log = std::fs::read_to_string(dir.join("hostd.log")).unwrap();
-    for out in [&created, &deployed, &rotated, &log] {
+    let state = read_all(&dir.join("state"));
+    assert!(
+        state.contains("\"revision\""),
+        "the record is in the state dir: {state}"
+    );
+    assert!(
+        !state.contains("hello-config"),
+        "inline content on the host disk:\n{state}"
+    );
+    for out in [&created, &deployed, &rotated, &log, &state] {
         assert!(!out.contains("secret-"), "a secret value leaked:\n{out}");
         assert!(!out.contains("envpass-42"), "a secret value leaked:\n{out}");
     }
@@ -206,4 +187,18 @@ fn parameters_reach_the_tenant_as_files_and_rotate() {
     assert!(!secrets.exists());
     drop(d);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every file under `dir`, concatenated.
+fn read_all(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.push_str(&read_all(&p));
+        } else {
+            out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+        }
+    }
+    out
 }

@@ -1,9 +1,9 @@
 //! What one deploy carries: the compose file as submitted, the tenant's variables (an env
 //! file, as `docker compose --env-file` reads it) and the files the compose file mounts
-//! (`configs`/`secrets` with `file:`, read-only binds of `./relative` paths). The compose file
-//! and variables are recorded with the revision, so a redeploy after a reboot interpolates
-//! exactly what the first deploy did; the files are kept on the tenant's encrypted volume
-//! (hostd's `compose::files`), and hostd's record holds only their digests. Shared by hostd
+//! (`configs`/`secrets` with `file:`, read-only binds of `./relative` paths). The whole
+//! bundle is kept on the tenant's encrypted volume (hostd's `compose::files`), so a redeploy
+//! after a reboot interpolates exactly what the first deploy did, and hostd's record on the
+//! host disk holds only digests: inline secrets and variables never leave the customer's volume. Shared by hostd
 //! (which checks and deploys it) and control (which forwards it from the dashboard).
 
 use std::collections::{BTreeMap, HashMap};
@@ -105,12 +105,15 @@ pub fn bundle_digest(b: &Bundle) -> String {
     let mut h = Sha256::new();
     h.update((b.compose.len() as u64).to_le_bytes());
     h.update(b.compose.as_bytes());
+    // Each section is counted, so a variable can never hash like a file of the same name.
+    h.update((b.env.len() as u64).to_le_bytes());
     for (k, v) in &b.env {
         for part in [k.as_bytes(), v.as_bytes()] {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }
     }
+    h.update((b.files.len() as u64).to_le_bytes());
     for (k, v) in &b.files {
         for part in [k.as_bytes(), v.as_slice()] {
             h.update((part.len() as u64).to_le_bytes());
@@ -312,6 +315,21 @@ mod tests {
         b.files.insert("bin".into(), vec![0, 255, 11]);
         assert_ne!(before, bundle_digest(&b));
         assert!(serde_json::from_str::<Bundle>(r#"{"compose":"","files":{"x":"%%"}}"#).is_err());
+    }
+
+    #[test]
+    fn a_variable_never_hashes_like_a_file_of_the_same_name() {
+        let as_var = Bundle {
+            compose: "services: {}".into(),
+            env: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+            ..Default::default()
+        };
+        let as_file = Bundle {
+            compose: "services: {}".into(),
+            files: BTreeMap::from([("k".to_owned(), b"v".to_vec())]),
+            ..Default::default()
+        };
+        assert_ne!(bundle_digest(&as_var), bundle_digest(&as_file));
     }
 
     #[test]

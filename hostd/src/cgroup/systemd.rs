@@ -157,9 +157,12 @@ pub fn engine_command(
         // The envelope bounds the engine; no per-service default on top of it.
         .args([
             "--property=TasksMax=infinity",
-            "--property=LimitNOFILE=1048576",
             "--property=OOMScoreAdjust=-500",
-        ]);
+        ])
+        .arg(format!(
+            "--property=LimitNOFILE={}",
+            crate::engine::ENGINE_NOFILE
+        ));
     if let Ok(path) = std::env::var("PATH") {
         c.arg(format!("--setenv=PATH={path}"));
     }

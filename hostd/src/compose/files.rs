@@ -28,6 +28,9 @@ pub const DEFAULT_MODE: u32 = 0o444;
 pub const BUNDLES: &str = "bundle";
 /// Marks a bundle directory as completely written.
 const COMPLETE: &str = ".complete";
+/// The bundle's compose file and variables, as submitted, under its directory: root's only
+/// (0700, files 0400), never mounted into a container.
+const SOURCE: &str = "source";
 
 /// `secrets` or `configs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,16 +85,8 @@ impl FileMount {
     }
 }
 
-/// A mode written in octal (`0440`, `"0440"`, `440`); at most `0777` (no setuid, setgid or
-/// sticky bits). YAML reads `0440` as the number 440, so the digits are read as octal.
-pub fn parse_mode(text: &str) -> Option<u32> {
-    let t = text.trim();
-    let t = t.strip_prefix("0o").unwrap_or(t);
-    if t.is_empty() || t.len() > 4 {
-        return None;
-    }
-    u32::from_str_radix(t, 8).ok().filter(|m| *m <= 0o777)
-}
+/// The highest mode a secret or config may have: no setuid, setgid or sticky bits.
+pub const MAX_FILE_MODE: u32 = 0o777;
 
 /// A numeric id inside the container's user namespace range.
 pub fn parse_id(text: &str) -> Option<u32> {
@@ -158,7 +153,13 @@ pub fn mounts(file: &ComposeFile, svc: &Service, vars: &HashMap<String, String>)
                     let gid = l.gid.as_ref().and_then(|g| parse_id(&g.0));
                     let ids = (uid.is_some() || gid.is_some())
                         .then(|| (uid.unwrap_or(0), gid.unwrap_or(0)));
-                    (ids, l.mode.as_ref().and_then(|m| parse_mode(&m.0)))
+                    (
+                        ids,
+                        l.mode
+                            .as_ref()
+                            .and_then(|m| m.mode)
+                            .filter(|m| *m <= MAX_FILE_MODE),
+                    )
                 }
             };
             out.push(FileMount {
@@ -262,6 +263,7 @@ pub fn write_tree(
             f.set_permissions(std::fs::Permissions::from_mode(mode))?;
             f.sync_all()
         };
+    write_source(&tmp.join(SOURCE), bundle)?;
     for (path, data) in &bundle.files {
         let rel = super::normalize_path(path).ok_or_else(|| {
             std::io::Error::new(
@@ -329,22 +331,66 @@ pub fn remove_others(bundles: &Path, keep: &Path) -> std::io::Result<Vec<PathBuf
     Ok(removed)
 }
 
-/// Reads back the files of a bundle directory, checked against the recorded digests
-/// (`path → sha256`): what a redeploy after a reboot sends again.
-pub fn read_tree(
+/// Reads the files named by `paths` from a bundle directory.
+pub fn read_files<'a>(
     dir: &Path,
-    digests: &BTreeMap<String, String>,
+    paths: impl IntoIterator<Item = &'a String>,
 ) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let mut files = BTreeMap::new();
-    for (path, want) in digests {
+    for path in paths {
         let p = dir.join("files").join(path);
         let data = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if &super::file_digest(&data) != want {
-            return Err(format!("{} does not hold the recorded file", p.display()));
-        }
         files.insert(path.clone(), data);
     }
     Ok(files)
+}
+
+/// Writes the compose file and variables of `bundle` under `dir` (root's only).
+fn write_source(dir: &Path, bundle: &Bundle) -> std::io::Result<()> {
+    std::fs::create_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let env = serde_json::to_vec(&bundle.env)?;
+    for (name, data) in [
+        ("compose.yml", bundle.compose.as_bytes()),
+        ("env.json", &env),
+    ] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(dir.join(name))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads back the bundle a directory holds — compose file, variables and the files named by
+/// `paths` — and checks it is the bundle the directory is named after: what a redeploy after
+/// a reboot deploys again.
+pub fn read_tree<'a>(
+    dir: &Path,
+    paths: impl IntoIterator<Item = &'a String>,
+) -> Result<Bundle, String> {
+    let read = |p: PathBuf| std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()));
+    let source = dir.join(SOURCE);
+    let compose = String::from_utf8(read(source.join("compose.yml"))?)
+        .map_err(|_| format!("{}: not UTF-8", source.join("compose.yml").display()))?;
+    let env = serde_json::from_slice(&read(source.join("env.json"))?)
+        .map_err(|e| format!("{}: {e}", source.join("env.json").display()))?;
+    let bundle = Bundle {
+        compose,
+        env,
+        files: read_files(dir, paths)?,
+    };
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    if name.as_deref() != Some(super::bundle_digest(&bundle).as_str()) {
+        return Err(format!(
+            "{} does not hold the bundle it is named after",
+            dir.display()
+        ));
+    }
+    Ok(bundle)
 }
 
 #[cfg(test)]
@@ -364,12 +410,6 @@ mod tests {
 
     #[test]
     fn modes_and_targets_read_as_compose_means_them() {
-        assert_eq!(parse_mode("0440"), Some(0o440));
-        assert_eq!(parse_mode("440"), Some(0o440));
-        assert_eq!(parse_mode("0o600"), Some(0o600));
-        for bad in ["4755", "888", "", "rw", "07777"] {
-            assert_eq!(parse_mode(bad), None, "{bad}");
-        }
         let f = load(
             "services:\n  a:\n    image: x\n    secrets: [k, {source: k, target: other}, {source: k, target: /etc/k}]\n    configs: [c, {source: c, target: /etc/c.conf}]\nsecrets:\n  k: {content: s}\nconfigs:\n  c: {content: c}\n",
             &[],
@@ -414,8 +454,8 @@ mod tests {
         );
         let bundle = Bundle {
             compose: "x".into(),
+            env: BTreeMap::from([("SECRET".to_owned(), "s3cr3t".to_owned())]),
             files: BTreeMap::from([("app.ini".to_owned(), b"[a]\n".to_vec())]),
-            ..Default::default()
         };
         let me = std::fs::metadata("/proc/self").unwrap().uid();
         let dir = write_tree(&root, &bundle, &f, me).unwrap();
@@ -437,8 +477,19 @@ mod tests {
         );
         // The same bundle again: the complete directory is kept as it is.
         assert_eq!(write_tree(&root, &bundle, &f, me).unwrap(), dir);
-        let digests = BTreeMap::from([("app.ini".to_owned(), super::super::file_digest(b"[a]\n"))]);
-        assert_eq!(read_tree(&dir, &digests).unwrap()["app.ini"], b"[a]\n");
+        // The whole bundle reads back from the directory, and only as it was written.
+        let paths = ["app.ini".to_owned()];
+        assert_eq!(read_tree(&dir, &paths).unwrap(), bundle);
+        let source = std::fs::metadata(dir.join("source/env.json")).unwrap();
+        assert_eq!(source.mode() & 0o777, 0o400);
+        assert_eq!(source.uid(), me, "the source stays hostd's own");
+        let forged = root.join("0000");
+        std::fs::create_dir(&forged).unwrap();
+        copy_dir(&dir, &forged);
+        assert!(read_tree(&forged, &paths)
+            .unwrap_err()
+            .contains("not hold the bundle"));
+        std::fs::remove_dir_all(&forged).unwrap();
         let other = root.join("old");
         std::fs::create_dir(&other).unwrap();
         assert_eq!(remove_others(&root, &dir).unwrap(), vec![other]);
@@ -446,6 +497,19 @@ mod tests {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                std::fs::create_dir(&target).unwrap();
+                copy_dir(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).unwrap();
+            }
+        }
     }
 
     fn walk(p: &Path) -> Vec<PathBuf> {

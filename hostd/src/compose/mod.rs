@@ -481,11 +481,44 @@ impl<'a> Project<'a> {
         if let Some(l) = body.labels.as_mut() {
             l.insert(labels::CONFIG_HASH.into(), hash);
         }
+        // The engine's API (before 1.44) joins one network at create: the one named by the
+        // network mode; the others are joined before the container starts, as compose does.
+        let primary = body
+            .host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.clone());
+        let mut others = Vec::new();
+        if let Some(endpoints) = body
+            .networking_config
+            .as_mut()
+            .and_then(|n| n.endpoints_config.as_mut())
+        {
+            let extra: Vec<String> = endpoints
+                .keys()
+                .filter(|n| Some(*n) != primary.as_ref())
+                .cloned()
+                .collect();
+            for n in extra {
+                if let Some(ep) = endpoints.remove(&n) {
+                    others.push((n, ep));
+                }
+            }
+        }
         let opts = CreateContainerOptionsBuilder::default().name(cname).build();
         self.docker
             .create_container(Some(opts), body)
             .await
             .map_err(engine(format!("creating {cname}")))?;
+        for (network, ep) in others {
+            let join = bollard::models::NetworkConnectRequest {
+                container: cname.to_owned(),
+                endpoint_config: Some(ep),
+            };
+            self.docker
+                .connect_network(&network, join)
+                .await
+                .map_err(engine(format!("connecting {cname} to {network}")))?;
+        }
         self.docker
             .start_container(cname, None)
             .await

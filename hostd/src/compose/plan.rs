@@ -303,7 +303,11 @@ impl Plan {
                         .ok_or_else(|| invalid(service, format!("volumes[{i}] has no target")))?;
                     if kind.as_deref() == Some("tmpfs") {
                         let t = tmpfs.clone().unwrap_or_default();
-                        let mut opts = tmpfs_options("", t.size.map(|b| b.0), t.mode.map(|m| m.0));
+                        let mut opts = tmpfs_options(
+                            "",
+                            t.size.map(|b| b.0),
+                            t.mode.and_then(|m| m.mode).map(|m| format!("{m:o}")),
+                        );
                         if read_only == &Some(true) {
                             opts = opts.replacen("rw,", "ro,", 1);
                         }

@@ -23,6 +23,32 @@ mod purge;
 
 pub use purge::{links_in_subnet, mounts_below, purge};
 
+/// The engine's open files limit (soft and hard), and the highest `ulimits.nofile` the
+/// compose policy admits.
+pub const ENGINE_NOFILE: u64 = 1 << 20;
+
+/// The highest open files limit a container can be given on this host. Raising a hard
+/// limit takes CAP_SYS_RESOURCE in the host's user namespace; a hostd (and so a containerd
+/// and runc) without it — a sandboxed development machine — can grant no more than its own
+/// hard limit, and a container asking for more would fail to start with runc's opaque
+/// "error setting rlimit type 7".
+pub fn container_nofile_ceiling() -> u64 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let has_cap = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0);
+    if has_cap {
+        return ENGINE_NOFILE;
+    }
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(ENGINE_NOFILE, |(_, hard)| hard.min(ENGINE_NOFILE))
+}
+
 /// Failures starting, adopting or stopping an engine; each names the log or file to read.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -229,8 +255,10 @@ impl Engine {
     }
 
     /// Without systemd: dockerd is hostd's child in its own process group, started by a
-    /// shell that first moves itself into the tenant's engine cgroup and then execs dockerd,
-    /// so nothing dockerd does is charged outside the tenant.
+    /// shell that first moves itself into the tenant's engine cgroup and raises its open
+    /// files limit (as the systemd unit's `LimitNOFILE` does; to its hard limit where hostd
+    /// may not raise that), then execs dockerd, so nothing dockerd does is charged outside
+    /// the tenant.
     fn start_child(cfg: EngineConfig, log: std::fs::File) -> Result<Self, EngineError> {
         use std::os::unix::process::CommandExt;
         let log2 = log.try_clone().map_err(cfg.io_err("open log", &cfg.log))?;
@@ -242,7 +270,7 @@ impl Engine {
             .collect();
         let child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(r#"for f in $M8TRX_ENGINE_CGROUP; do echo $$ > "$f" || exit 125; done; unset M8TRX_ENGINE_CGROUP; exec "$0" "$@""#)
+            .arg(format!(r#"for f in $M8TRX_ENGINE_CGROUP; do echo $$ > "$f" || exit 125; done; unset M8TRX_ENGINE_CGROUP; ulimit -n {ENGINE_NOFILE} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" "$@""#))
             .arg(&cfg.dockerd)
             .args(cfg.args())
             .env("M8TRX_ENGINE_CGROUP", procs.join(" "))

@@ -1,5 +1,5 @@
-//! The tenant's containers. A deploy records the compose file in the tenant's record
-//! (revision, time) before running it, so this step — run on every reconcile — brings the
+//! The tenant's containers. A deploy writes its bundle on the tenant volume and records it
+//! in the tenant's record (revision, digest, time) before running it, so this step — run on every reconcile — brings the
 //! project back after a host reboot or a lost engine data root: containers a crash killed
 //! are started again, the ones a stop recorded are resumed, and when a service of the
 //! recorded file has no container at all the whole file is deployed again. A quarantined
@@ -24,6 +24,10 @@ pub struct Deploy;
 pub fn prepared(host: &Host, rec: &Record, bundle: &Bundle) -> Result<ComposeFile, String> {
     let mut file =
         crate::policy::check_compose(bundle, &rec.spec.limits).map_err(|e| e.to_string())?;
+    let beyond = crate::policy::host_violations(&file, host.nofile_ceiling);
+    if !beyond.is_empty() {
+        return Err(crate::policy::PolicyError::Refused(beyond).to_string());
+    }
     if rec.spec.template == crate::spec::Template::Agent {
         if let Some(ts) = &host.tailscale {
             crate::tailscale::add_sidecar(&mut file, ts, rec.name()).map_err(|e| e.to_string())?;
@@ -32,23 +36,29 @@ pub fn prepared(host: &Host, rec: &Record, bundle: &Bundle) -> Result<ComposeFil
     Ok(file)
 }
 
-/// The recorded deployment as a bundle: its files read back from the tenant volume and
-/// checked against the recorded digests.
+/// The recorded deployment as a bundle, read back from the tenant volume and checked to be
+/// the one recorded.
 fn recorded(host: &Host, rec: &Record) -> Result<Option<Bundle>, StepError> {
     let Some(d) = rec.deployment.as_ref() else {
         return Ok(None);
     };
-    let files = match (&d.bundle, d.files.is_empty()) {
-        (_, true) => Default::default(),
-        (Some(dir), false) => crate::compose::files::read_tree(
-            &host.bundles_dir(rec).join(dir),
-            &d.files,
-        )
-        .map_err(|e| StepError::RecordedComposeRefused {
-            revision: d.revision,
-            message: format!("its files on the tenant volume: {e}; deploy it again with its files"),
-        })?,
-        (None, false) => Default::default(),
+    let unreadable = |e: String| StepError::RecordedComposeRefused {
+        revision: d.revision,
+        message: format!("its bundle on the tenant volume: {e}; deploy it again"),
+    };
+    let dir = d.bundle.as_ref().map(|b| host.bundles_dir(rec).join(b));
+    if d.compose.is_empty() {
+        let dir = dir.ok_or_else(|| unreadable("none recorded".into()))?;
+        return crate::compose::files::read_tree(&dir, d.files.keys())
+            .map(Some)
+            .map_err(unreadable);
+    }
+    // A record from before bundles moved onto the volume: its files were there already.
+    let files = match dir {
+        Some(dir) if !d.files.is_empty() => {
+            crate::compose::files::read_files(&dir, d.files.keys()).map_err(unreadable)?
+        }
+        _ => Default::default(),
     };
     Ok(Some(Bundle {
         compose: d.compose.clone(),
@@ -57,24 +67,43 @@ fn recorded(host: &Host, rec: &Record) -> Result<Option<Bundle>, StepError> {
     }))
 }
 
-/// Writes the bundle's files and file mounts on the tenant volume (once per bundle) and
-/// returns the directory, recording its name on the current revision.
-fn write_files(
+/// Writes the bundle — compose file, variables, files and every copied file mount of `file`
+/// — on the tenant volume (once per bundle) and returns its directory.
+pub async fn store(
+    host: &Host,
+    rec: &Record,
+    file: &ComposeFile,
+    bundle: &Bundle,
+) -> Result<std::path::PathBuf, StepError> {
+    let (base, _) = Host::remapped_root(rec);
+    let (bundles, bundle, file) = (host.bundles_dir(rec), bundle.clone(), file.clone());
+    tokio::task::spawn_blocking(move || {
+        crate::compose::files::write_tree(&bundles, &bundle, &file, base)
+    })
+    .await
+    .map_err(|e| StepError::Precondition(format!("writing the deploy's bundle: {e}")))?
+    .map_err(|e| {
+        StepError::Precondition(format!(
+            "writing the deploy's bundle on the tenant volume: {e}"
+        ))
+    })
+}
+
+/// Writes the bundle (see [`store`]) and records its directory on the current revision; a
+/// record that still held the compose file itself (written before bundles moved onto the
+/// volume) drops it now that the volume has it.
+async fn write_files(
     run: &mut Run<'_>,
     file: &ComposeFile,
     bundle: &Bundle,
 ) -> Result<std::path::PathBuf, StepError> {
-    let (base, _) = Host::remapped_root(run.rec);
-    let dir = crate::compose::files::write_tree(&run.host.bundles_dir(run.rec), bundle, file, base)
-        .map_err(|e| {
-            StepError::Precondition(format!(
-                "writing the deploy's files on the tenant volume: {e}"
-            ))
-        })?;
+    let dir = store(run.host, run.rec, file, bundle).await?;
     if let Some(dep) = run.rec.deployment.as_mut() {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-        if dep.bundle != name {
+        if dep.bundle != name || !dep.compose.is_empty() || !dep.env.is_empty() {
             dep.bundle = name;
+            dep.compose.clear();
+            dep.env.clear();
             run.save()?;
         }
     }
@@ -90,7 +119,7 @@ pub async fn deploy_compose(
     bundle: &Bundle,
 ) -> Result<Vec<String>, StepError> {
     let mut hardening = run.host.hardening(run.rec)?;
-    let tree = write_files(run, file, bundle)?;
+    let tree = write_files(run, file, bundle).await?;
     hardening.files.tree = Some(tree.clone());
     let vars = bundle.vars();
     let handover = RouteHandover {

@@ -222,3 +222,46 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     bin
 }
+
+/// The six platform parameters of a tenant.
+pub const LEAVES: [&str; 6] = [
+    "brain-key",
+    "brain-customer-id",
+    "brain-url",
+    "tailscale-auth-key",
+    "agent-fetch-pat",
+    "agent-ui-password",
+];
+
+/// Puts a tenant's parameters into moto as control would (SecureString where the platform
+/// says): `secret-<leaf>-<suffix>`.
+pub fn put_parameters(name: &str, suffix: &str) {
+    let script = r#"
+import sys, boto3
+ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=sys.argv[1],
+                   aws_access_key_id="AKIDCONTROL", aws_secret_access_key="control")
+name, suffix = sys.argv[2], sys.argv[3]
+for leaf in ["brain-key", "brain-customer-id", "brain-url", "tailscale-auth-key",
+             "agent-fetch-pat", "agent-ui-password"]:
+    plain = leaf in ("brain-customer-id", "brain-url")
+    ssm.put_parameter(Name=f"/m8trx/{name}/{leaf}", Value=f"secret-{leaf}-{suffix}",
+                      Type="String" if plain else "SecureString", Overwrite=True)
+"#;
+    let o = Command::new(env("M8TRX_PYTHON"))
+        .args(["-c", script, &env("M8TRX_MOTO_ENDPOINT"), name, suffix])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// `hostd serve` flags reading the tenants' parameters from moto as their customer roles.
+pub fn ssm_flags() -> Vec<String> {
+    vec![
+        "--secrets".into(),
+        "ssm".into(),
+        "--aws-endpoint".into(),
+        env("M8TRX_MOTO_ENDPOINT"),
+        "--host-id".into(),
+        "m8trx-test-host".into(),
+    ]
+}

@@ -182,6 +182,68 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A file mode as compose reads it: a number is the mode itself (`0o440`, `288`), a string
+/// is octal digits (`"0440"`; YAML 1.2 reads an unquoted `0440` as that string). Any scalar
+/// reads; `mode` is `None` when it is no mode at all, and the policy names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMode {
+    /// As written, for messages.
+    pub written: String,
+    /// The mode, when it is one (at most `0o7777`).
+    pub mode: Option<u32>,
+}
+
+impl FileMode {
+    fn number(v: i128) -> Self {
+        Self {
+            written: v.to_string(),
+            mode: u32::try_from(v).ok().filter(|m| *m <= 0o7777),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = FileMode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a file mode like 0440 or 0o440")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<FileMode, E> {
+                Ok(FileMode::number(i128::from(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<FileMode, E> {
+                Ok(FileMode::number(i128::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<FileMode, E> {
+                Ok(FileMode {
+                    written: v.to_string(),
+                    mode: None,
+                })
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<FileMode, E> {
+                Ok(FileMode {
+                    written: v.to_string(),
+                    mode: None,
+                })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FileMode, E> {
+                let t = v.trim();
+                let digits = t.strip_prefix("0o").unwrap_or(t);
+                let mode = u32::from_str_radix(digits, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777 && !digits.starts_with(['+', '-']));
+                Ok(FileMode {
+                    written: format!("{v:?}"),
+                    mode,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A CPU count: `0.5`, `"1.5"`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cpus(pub f64);
@@ -331,6 +393,33 @@ mod tests {
         assert_eq!(parse_size("-1"), None);
         assert_eq!(parse_size("2t"), None);
         assert_eq!(parse_size("inf"), None);
+    }
+
+    #[test]
+    fn modes_read_as_compose_reads_them() {
+        let mode = |yaml: &str| serde_norway::from_str::<FileMode>(yaml).unwrap().mode;
+        // Unquoted 0440 is a string to YAML 1.2 and octal to compose; 0o440 and 288 are the
+        // number itself, as compose (YAML 1.1 and Go) reads them.
+        assert_eq!(mode("0440"), Some(0o440));
+        assert_eq!(mode("\"0440\""), Some(0o440));
+        assert_eq!(mode("\"440\""), Some(0o440));
+        assert_eq!(mode("0o440"), Some(0o440));
+        assert_eq!(mode("288"), Some(0o440));
+        assert_eq!(mode("256"), Some(0o400));
+        assert_eq!(mode("01777"), Some(0o1777));
+        for bad in [
+            "0888",
+            "rw",
+            "-1",
+            "99999999999",
+            "0o17777",
+            "\"+7\"",
+            "\"\"",
+            "1.5",
+            "true",
+        ] {
+            assert_eq!(mode(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_norway::{Mapping, Value};
 
 pub mod forms;
 
-use forms::{Bytes, Command, Cpus, Dur, Hosts, List, Pairs, Text};
+use forms::{Bytes, Command, Cpus, Dur, FileMode, Hosts, List, Pairs, Text};
 
 /// A compose file as hostd reads it.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -251,7 +251,7 @@ pub struct VolumeOptions {
 #[serde(deny_unknown_fields)]
 pub struct TmpfsOptions {
     pub size: Option<Bytes>,
-    pub mode: Option<Text>,
+    pub mode: Option<FileMode>,
 }
 
 /// A service's `networks`: a list of names, or a mapping with per-network options.
@@ -375,7 +375,7 @@ pub struct FileRefLong {
     pub target: Option<String>,
     pub uid: Option<Text>,
     pub gid: Option<Text>,
-    pub mode: Option<Text>,
+    pub mode: Option<FileMode>,
 }
 
 impl FileRef {
