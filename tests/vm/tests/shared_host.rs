@@ -197,6 +197,9 @@ fn tenants(dir: &Path) {
                     "image": "m8trx-vm/tools:1",
                     "command": ["sh", "-c", format!("mkdir -p /tmp/www && echo tools of {name} > /tmp/www/index.html && httpd -p 8000 -h /tmp/www && exec sleep 100000000")],
                     "volumes": ["data:/data"],
+                    // What elasticsearch or clickhouse ask for: above a default hard limit,
+                    // granted in the remapped container by the engine unit's LimitNOFILE.
+                    "ulimits": {"nofile": {"soft": 262144, "hard": 262144}},
                 },
             },
             "volumes": {"data": {}},
@@ -691,6 +694,21 @@ fn shared_host_in_a_production_shaped_vm() {
             label.trim_end_matches('\0').trim(),
             audit.trim()
         ),
+    );
+
+    // --- a compose file's open files limit above the usual hard limit is granted ----------
+    let nofile = vm.ok(&format!(
+        "{} exec m8trx-acme-tools-1 sh -c 'ulimit -Sn; ulimit -Hn'",
+        docker("acme")
+    ));
+    assert_eq!(
+        nofile.split_whitespace().collect::<Vec<_>>(),
+        ["262144", "262144"],
+        "ulimits.nofile in a remapped container: {nofile}"
+    );
+    evidence(
+        "ulimits",
+        "nofile 262144 (soft and hard) inside acme's remapped tools container",
     );
 
     // --- seccomp: the blocked syscalls are refused in the guest as on the dev box ----------
