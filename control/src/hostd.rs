@@ -370,6 +370,7 @@ mod tests {
                 external_id: "ext-acme-0001".into(),
             },
             ingress: None,
+            idle: None,
         }
     }
 

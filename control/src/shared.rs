@@ -85,6 +85,8 @@ pub fn tenant_spec(
             external_id,
         },
         ingress: None,
+        // The template's idle policy (frozen after 30 minutes idle, asleep after 2 hours).
+        idle: None,
     };
     // The same rules hostd applies, here, before anything is placed or attached.
     tspec.validate().map_err(|e| {

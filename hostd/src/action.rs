@@ -30,6 +30,12 @@ pub enum Action {
     Release(String),
     /// Re-read the tenant's SSM parameters and restart its containers.
     RotateSecrets(String),
+    /// Freeze an idle tenant's whole cgroup (processes and memory kept).
+    Freeze(String),
+    /// Stop an idle tenant's containers and engine (memory released), routes held for a wake.
+    Sleep(String),
+    /// Bring a frozen or sleeping tenant back and route to it again.
+    Wake(String),
     /// Remove the tenant and everything hostd made for it.
     Destroy {
         /// Tenant.
@@ -74,7 +80,7 @@ impl Action {
             Self::Create(spec) => spec.name.as_str(),
             Self::Deploy { name, .. } | Self::Destroy { name, .. } => name,
             Self::Stop(n) | Self::Start(n) | Self::Quarantine(n) | Self::Release(n) => n,
-            Self::RotateSecrets(n) => n,
+            Self::RotateSecrets(n) | Self::Freeze(n) | Self::Sleep(n) | Self::Wake(n) => n,
         }
     }
 }
@@ -82,6 +88,19 @@ impl Action {
 impl Host {
     /// Runs one action; each operation takes the tenant's own lock, never the host's.
     pub async fn execute(
+        &self,
+        action: Action,
+        progress: Progress<'_>,
+    ) -> Result<Outcome, HostError> {
+        // An operator (or control) at work on a tenant counts as its activity.
+        let name = action.tenant().to_owned();
+        self.touch(&name);
+        let done = self.run_action(action, progress).await;
+        self.touch(&name);
+        done
+    }
+
+    async fn run_action(
         &self,
         action: Action,
         progress: Progress<'_>,
@@ -100,6 +119,9 @@ impl Host {
             Action::Start(name) => tenant(self.start(&name, progress).await?),
             Action::Quarantine(name) => tenant(self.quarantine(&name, true, progress).await?),
             Action::Release(name) => tenant(self.quarantine(&name, false, progress).await?),
+            Action::Freeze(name) => tenant(self.freeze(&name, progress).await?),
+            Action::Sleep(name) => tenant(self.sleep(&name, progress).await?),
+            Action::Wake(name) => tenant(self.wake(&name, progress).await?),
             Action::RotateSecrets(name) => Outcome::Rotated {
                 restarted: self.rotate_secrets(&name, progress).await?,
                 tenant: name,

@@ -69,6 +69,9 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/tenants/{name}/deploy", post(deploy))
         .route("/v1/tenants/{name}/stop", post(stop))
         .route("/v1/tenants/{name}/start", post(start))
+        .route("/v1/tenants/{name}/freeze", post(freeze))
+        .route("/v1/tenants/{name}/sleep", post(sleep))
+        .route("/v1/tenants/{name}/wake", post(wake))
         .route("/v1/tenants/{name}/quarantine", post(quarantine))
         .route("/v1/tenants/{name}/logs", get(logs))
         .route("/v1/tenants/{name}/images", post(load_image))
@@ -118,6 +121,11 @@ fn summary(d: &Daemon, r: &Record) -> Value {
         "engine_pid": engine.as_ref().map(Engine::pid),
         "engine_rss_bytes": engine.as_ref().and_then(Engine::rss_bytes),
         "quarantined": r.quarantined,
+        "power": crate::power::word(r.power),
+        "power_settled": r.power_settled,
+        "power_since": r.power_since,
+        "wake_error": r.wake_error,
+        "idle": r.spec.idle(),
         "subdomains": r.spec.subdomains,
         "deployment": r.deployment.as_ref().map(|dep| json!({
             "revision": dep.revision,
@@ -274,6 +282,18 @@ async fn start(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> 
     change(d, Action::Start(name))
 }
 
+async fn freeze(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
+    change(d, Action::Freeze(name))
+}
+
+async fn sleep(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
+    change(d, Action::Sleep(name))
+}
+
+async fn wake(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
+    change(d, Action::Wake(name))
+}
+
 #[derive(Deserialize)]
 struct QuarantineQuery {
     /// `false` lifts the quarantine.
@@ -301,8 +321,19 @@ async fn quarantine(
 }
 
 /// A client for a tenant's running engine, or the error response to send.
+/// The tenant's record and engine client; a frozen or sleeping tenant is woken first (an
+/// operator at work counts as activity).
 async fn tenant_engine(d: &Daemon, name: &str) -> Result<(Record, bollard::Docker), Response> {
-    let rec = d.host.existing(name).map_err(|e| host_error(&e))?;
+    d.host.touch(name);
+    let mut rec = d.host.existing(name).map_err(|e| host_error(&e))?;
+    if rec.serving() && !rec.awake() {
+        let mut say = |l: String| tracing::info!(target: "wake", "{l}");
+        rec = d
+            .host
+            .wake(name, &mut say)
+            .await
+            .map_err(|e| host_error(&e))?;
+    }
     let docker = d.host.docker(&rec).await.map_err(|e| host_error(&e))?;
     Ok((rec, docker))
 }

@@ -39,16 +39,11 @@ async fn project_containers(
 }
 
 /// Stops every running container of the engine, after recording their names in the
-/// record: a crash midway must not forget which ones `start` has to bring back.
+/// record (in creation order): a crash midway must not forget which ones `start` has to
+/// bring back.
 pub async fn stop_all(run: &mut Run<'_>, docker: &Docker) -> Result<(), StepError> {
-    let running = docker
-        .list_containers(Some(ListContainersOptionsBuilder::default().build()))
-        .await
-        .map_err(StepError::engine_api("listing containers"))?;
-    let names: Vec<String> = running
-        .into_iter()
-        .filter_map(|c| first_name(c.names))
-        .collect();
+    // Creation order is the deploy's start order: `resume` starts them again in it.
+    let names = running(docker).await?;
     let before = run.rec.stopped_containers.len();
     for n in &names {
         if !run.rec.stopped_containers.contains(n) {
@@ -177,6 +172,92 @@ pub async fn ingress_ip(docker: &Docker, project: &str, service: &str) -> Option
             .into_values()
             .find_map(|n| n.ip_address.filter(|ip| !ip.is_empty()))
     })
+}
+
+/// Waits until something accepts TCP connections on `addr` (`ip:port`), for at most `within`:
+/// a container that runs is not yet a server that answers.
+pub async fn accepting(addr: &str, within: std::time::Duration) -> Result<(), String> {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > until {
+            return Err(format!(
+                "nothing accepted a connection on {addr} within {}s",
+                within.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the project's `service` container accepts connections on `port`, for at most
+/// `within`; fails at once when that container stops running (it crashed on start).
+pub async fn wait_serving(
+    docker: &Docker,
+    project: &str,
+    service: &str,
+    port: u16,
+    within: std::time::Duration,
+) -> Result<(), String> {
+    let until = tokio::time::Instant::now() + within;
+    let name = format!("{project}-{service}-1");
+    loop {
+        let info = docker
+            .inspect_container(&name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| format!("inspecting {name}: {e}"))?;
+        let state = info.state.unwrap_or_default();
+        if state.running != Some(true) {
+            return Err(format!(
+                "{name} is not running (exit code {})",
+                state.exit_code.unwrap_or(-1)
+            ));
+        }
+        let ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| {
+                n.into_values()
+                    .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+            });
+        if let Some(ip) = ip {
+            let attempt = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                tokio::net::TcpStream::connect(format!("{ip}:{port}")),
+            )
+            .await;
+            if matches!(attempt, Ok(Ok(_))) {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > until {
+            return Err(format!(
+                "{name} accepted no connection on port {port} within {}s",
+                within.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Names of the running containers, in creation order (the deploy's start order).
+pub async fn running(docker: &Docker) -> Result<Vec<String>, StepError> {
+    let mut running = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().build()))
+        .await
+        .map_err(StepError::engine_api("listing containers"))?;
+    running.sort_by_key(|c| c.created);
+    Ok(running
+        .into_iter()
+        .filter_map(|c| first_name(c.names))
+        .collect())
 }
 
 /// Names of the containers of the project, running or not.

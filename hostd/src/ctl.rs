@@ -184,8 +184,8 @@ pub async fn run(
 /// Renders tenant summaries as a table for humans.
 pub fn table(tenants: &[Value]) -> String {
     let mut out = format!(
-        "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {:<11} {}\n",
-        "NAME", "TEMPLATE", "SLOT", "DESIRED", "ENGINE", "RSS MiB", "NETWORK", "REVISION"
+        "{:<24} {:<9} {:>4} {:<8} {:<13} {:>8} {:>9} {:<11} {}\n",
+        "NAME", "TEMPLATE", "SLOT", "DESIRED", "POWER", "ENGINE", "RSS MiB", "NETWORK", "REVISION"
     );
     for t in tenants {
         let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
@@ -222,12 +222,24 @@ pub fn table(tenants: &[Value]) -> String {
                 }
             }
         };
+        // A power change under way shows where it is going: `to-asleep 3s`.
+        let settled = t.get("power_settled").and_then(Value::as_bool) != Some(false);
+        let word = if settled {
+            s("power")
+        } else {
+            format!("to-{}", s("power"))
+        };
+        let power = match t.get("power_since").and_then(Value::as_u64) {
+            Some(since) => format!("{word} {}", age(since)),
+            None => word,
+        };
         out.push_str(&format!(
-            "{:<24} {:<9} {:>4} {:<8} {:>8} {:>9} {:<11} {}\n",
+            "{:<24} {:<9} {:>4} {:<8} {:<13} {:>8} {:>9} {:<11} {}\n",
             s("name"),
             s("template"),
             slot,
             s("desired"),
+            power,
             pid,
             rss,
             network,
@@ -237,8 +249,21 @@ pub fn table(tenants: &[Value]) -> String {
     out
 }
 
-/// The details `hostd ctl status` prints below the table: the deployment and any step
-/// whose effect is not in place.
+/// How long ago `since` (seconds since the epoch) was, as `45s`, `12m`, `3h` or `2d`.
+fn age(since: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match now.saturating_sub(since) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The details `hostd ctl status` prints below the table: the power state and idle policy,
+/// the deployment and any step whose effect is not in place.
 pub fn details(t: &Value) -> String {
     let mut out = String::new();
     let when = |k: &str, d: &Value| {
@@ -246,6 +271,38 @@ pub fn details(t: &Value) -> String {
             httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         })
     };
+    if let Some(p) = t.get("power").and_then(Value::as_str) {
+        let going = t.get("power_settled").and_then(Value::as_bool) == Some(false);
+        out.push_str(&format!(
+            "power: {}{p} since {}",
+            if going { "going to " } else { "" },
+            when("power_since", t).unwrap_or_else(|| "-".into())
+        ));
+        if let Some(i) = t.get("idle") {
+            let f = |k: &str| {
+                i.get(k)
+                    .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+            };
+            out.push_str(&format!(
+                "; idle: freeze after {}, sleep after {}, CPU below {} cores",
+                f("freeze_after").unwrap_or_default(),
+                f("sleep_after").unwrap_or_default(),
+                f("cpu_below").unwrap_or_default()
+            ));
+            if let Some(w) = i
+                .get("wake_at")
+                .and_then(Value::as_array)
+                .filter(|w| !w.is_empty())
+            {
+                let w: Vec<&str> = w.iter().filter_map(Value::as_str).collect();
+                out.push_str(&format!(", woken at {}", w.join(" | ")));
+            }
+        }
+        out.push('\n');
+        if let Some(e) = t.get("wake_error").and_then(Value::as_str) {
+            out.push_str(&format!("last wake failed (put back to sleep): {e}\n"));
+        }
+    }
     if let Some(d) = t.get("deployment").filter(|d| !d.is_null()) {
         let n = d.get("revision").and_then(Value::as_u64).unwrap_or(0);
         out.push_str(&format!(

@@ -79,6 +79,8 @@ impl Host {
                 self.save(rec)?;
             }
         }
+        // A power change a crash interrupted is finished now: every step ran its way.
+        self.settle_power(rec)?;
         progress(format!(
             "{name}: {}",
             match rec.desired {
@@ -89,7 +91,8 @@ impl Host {
         Ok(())
     }
 
-    async fn run_up(
+    /// Runs one step forward for the tenant (its effect made to match the record).
+    pub(crate) async fn run_up(
         &self,
         rec: &mut Record,
         kind: StepKind,
@@ -127,8 +130,12 @@ impl Host {
     ) -> Result<Record, HostError> {
         let _tenant = self.locks.lock(name).await;
         let mut rec = self.live_record(name)?;
-        if rec.desired != desired {
+        if rec.desired != desired || rec.power != crate::record::Power::Active {
+            // A stop goes deeper than any sleep; a start brings the tenant fully up.
             rec.desired = desired;
+            rec.power = crate::record::Power::Active;
+            rec.power_since = now_secs();
+            rec.power_settled = false;
             self.save(&rec)?;
         }
         self.converge(&mut rec, progress).await?;
@@ -161,6 +168,10 @@ impl Host {
             _ => {}
         }
         let doc = steps::deploy::prepared(self, &rec, &bundle).map_err(HostError::Refused)?;
+        // A frozen or sleeping tenant is woken to take its new revision.
+        if rec.power != crate::record::Power::Active {
+            self.wake_locked(&mut rec, progress).await?;
+        }
         let docker = self.docker(&rec).await?;
         let revision = rec.deployment.as_ref().map_or(0, |d| d.revision) + 1;
         // The bundle is on the tenant volume before the record names it: a crash between
@@ -375,7 +386,9 @@ impl Host {
                 progress(format!("{name}: broker token {id} minted"));
             }
         }
-        let running = r.desired == Desired::Present && r.done.contains(&StepKind::Engine);
+        let running = r.desired == Desired::Present
+            && r.power == crate::record::Power::Active
+            && r.done.contains(&StepKind::Engine);
         if !running || crate::engine::Engine::adopt(self.engine_config(r)).is_some() {
             return Ok(());
         }

@@ -86,6 +86,9 @@ pub struct Host {
     pub(crate) slots: tokio::sync::Mutex<()>,
     /// The highest open files limit a container can be given here (detected once at start).
     pub(crate) nofile_ceiling: u64,
+    /// When an operator last acted on each tenant (seconds since the epoch): the idle
+    /// policy counts it as activity, so a tenant being worked on is not put to sleep.
+    touched: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Host {
@@ -116,7 +119,30 @@ impl Host {
             locks: TenantLocks::default(),
             slots: tokio::sync::Mutex::new(()),
             nofile_ceiling,
+            touched: Default::default(),
         })
+    }
+
+    /// Records that an operator acted on `name` now (see [`Host::touched`]).
+    pub fn touch(&self, name: &str) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), crate::record::now_secs());
+    }
+
+    /// When an operator last acted on `name` (seconds since the epoch), if since hostd started.
+    pub fn touched(&self, name: &str) -> Option<u64> {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    /// What the host was started with.
+    pub fn cfg(&self) -> &HostConfig {
+        &self.cfg
     }
 
     /// Gives every agent tenant a tailscale sidecar run as `cfg` says.
@@ -217,9 +243,22 @@ impl Host {
         }
     }
 
-    /// A client of the tenant's running engine, or why there is none.
+    /// A client of the tenant's running engine, or why there is none. Never one of a frozen
+    /// engine: every call to it would hang until the thaw.
     pub async fn docker(&self, r: &Record) -> Result<bollard::Docker, HostError> {
         let name = r.name();
+        if r.desired == Desired::Present && r.power != crate::record::Power::Active {
+            return Err(HostError::Unavailable {
+                tenant: name.to_owned(),
+                message: format!(
+                    "is {} (idle) since {}; `hostd ctl wake {name}` first",
+                    crate::power::word(r.power),
+                    httpdate::fmt_http_date(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.power_since)
+                    )
+                ),
+            });
+        }
         let engine = Engine::adopt(self.engine_config(r)).ok_or_else(|| HostError::Unavailable {
             tenant: name.to_owned(),
             message: match r.desired {

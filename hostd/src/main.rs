@@ -114,6 +114,12 @@ enum Command {
         /// is restarted; its containers survive through live-restore).
         #[arg(long, default_value_t = 5)]
         supervise_interval: u64,
+        /// Seconds between idle checks: each tenant's activity through sni-proxy and its CPU
+        /// are sampled, and its spec's `idle` policy (freeze, sleep, `wake_at`) applied.
+        /// Needs --proxy-admin (without the proxy nothing could wake a tenant, so none sleeps
+        /// on its own; `hostd ctl sleep|freeze|wake` still work).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_interval: u64,
     },
     /// Operator commands against a running hostd.
     ///
@@ -229,6 +235,25 @@ enum Op {
         /// Tenant name.
         name: String,
     },
+    /// Freeze an idle tenant now: its whole cgroup stops being scheduled, processes and
+    /// memory kept; its routes hold connections and wake it (what the idle policy does
+    /// after `idle.freeze_after`).
+    Freeze {
+        /// Tenant name.
+        name: String,
+    },
+    /// Put a tenant to sleep now: containers and engine stopped, memory released; volume,
+    /// secrets and state kept; its routes hold connections and wake it (what the idle
+    /// policy does after `idle.sleep_after`).
+    Sleep {
+        /// Tenant name.
+        name: String,
+    },
+    /// Wake a frozen or sleeping tenant and route to it again.
+    Wake {
+        /// Tenant name.
+        name: String,
+    },
     /// Cut all of the tenant's networking (in and out), keeping containers, data and engine
     /// for forensics; the operator keeps access through the engine socket.
     Quarantine {
@@ -280,6 +305,7 @@ fn main() -> ExitCode {
             token_ttl_secs,
             log_format,
             supervise_interval,
+            idle_interval,
         } => {
             // Diagnostics on stderr (the journal takes both streams; stdout stays free).
             let sub = tracing_subscriber::fmt()
@@ -326,7 +352,8 @@ fn main() -> ExitCode {
                 host_id: host.clone(),
             });
             let aws = (secrets == SecretsFrom::Ssm).then_some((aws_endpoint, aws_region, host));
-            match rt.block_on(serve(cfg, socket, every, aws, tailscale)) {
+            let idle_every = std::time::Duration::from_secs(idle_interval);
+            match rt.block_on(serve(cfg, socket, every, idle_every, aws, tailscale)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -350,6 +377,7 @@ async fn serve(
     cfg: HostConfig,
     socket: PathBuf,
     every: std::time::Duration,
+    idle_every: std::time::Duration,
     aws: Option<(Option<String>, String, String)>,
     tailscale: Option<hostd::tailscale::TailscaleConfig>,
 ) -> anyhow::Result<()> {
@@ -373,6 +401,12 @@ async fn serve(
     tracing::info!(socket = %socket.display(), tenants_with_errors = errors.len(), "serving");
     let daemon = hostd::api::Daemon::new(host);
     tokio::spawn(hostd::api::supervise(daemon.clone(), every));
+    if daemon.host().cfg().proxy_admin.is_some() {
+        tokio::spawn(hostd::idle::watch(daemon.clone(), idle_every));
+        tokio::spawn(hostd::idle::listen_for_wakes(daemon.clone()));
+    } else {
+        tracing::warn!("no --proxy-admin: no tenant is frozen or put to sleep on its own");
+    }
     tokio::select! {
         r = hostd::api::serve(daemon, &socket) => r.with_context(|| format!("serving on {}", socket.display())),
         _ = tokio::signal::ctrl_c() => {
@@ -529,6 +563,9 @@ async fn run_ctl(socket: &std::path::Path, json: bool, op: Op) -> Result<(), Ctl
         }
         Op::Stop { name } => post(socket, &format!("/v1/tenants/{name}/stop"), json).await?,
         Op::Start { name } => post(socket, &format!("/v1/tenants/{name}/start"), json).await?,
+        Op::Freeze { name } => post(socket, &format!("/v1/tenants/{name}/freeze"), json).await?,
+        Op::Sleep { name } => post(socket, &format!("/v1/tenants/{name}/sleep"), json).await?,
+        Op::Wake { name } => post(socket, &format!("/v1/tenants/{name}/wake"), json).await?,
         Op::Quarantine { name, lift } => {
             let path = format!("/v1/tenants/{name}/quarantine?on={}", !lift);
             post(socket, &path, json).await?

@@ -20,6 +20,19 @@ pub enum Desired {
     Absent,
 }
 
+/// Whether an idle tenant's processes run (see `crate::power`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Power {
+    /// Running and routed.
+    #[default]
+    Active,
+    /// Its whole cgroup frozen: processes and memory kept, nothing scheduled.
+    Frozen,
+    /// Containers and engine stopped (memory released); volume, secrets and state kept.
+    Asleep,
+}
+
 /// The compose file last accepted for the tenant: what reconcile redeploys after a reboot.
 /// The bundle itself (compose file, variables, files) is on the tenant's encrypted volume;
 /// the record on the host disk names it by digest and holds none of its contents.
@@ -74,6 +87,23 @@ pub struct Record {
     /// The compose file last accepted, if any.
     #[serde(default)]
     pub deployment: Option<Deployment>,
+    /// Running, frozen or asleep (meaningful while it serves).
+    #[serde(default)]
+    pub power: Power,
+    /// Since when (seconds since the epoch) it has been in that power state.
+    #[serde(default)]
+    pub power_since: u64,
+    /// Whether every step of the last power change is done (`false` while freezing, going
+    /// to sleep or waking: `power` is where it is going, and reconcile finishes the way).
+    #[serde(default = "settled")]
+    pub power_settled: bool,
+    /// Why the last wake failed (the tenant was put back to sleep); cleared by a wake that works.
+    #[serde(default)]
+    pub wake_error: Option<String>,
+    /// The ingress container's address when routes last pointed at it: a sleeping tenant's
+    /// routes keep it (sni-proxy holds their connections, it connects nowhere).
+    #[serde(default)]
+    pub ingress_ip: Option<String>,
 }
 
 impl Record {
@@ -88,6 +118,11 @@ impl Record {
             quarantined: false,
             stopped_containers: Vec::new(),
             deployment: None,
+            power: Power::Active,
+            power_since: now_secs(),
+            power_settled: true,
+            wake_error: None,
+            ingress_ip: None,
         }
     }
 
@@ -96,10 +131,24 @@ impl Record {
         self.spec.name.as_str()
     }
 
-    /// Whether its containers should be running and reachable.
+    /// Whether it is provisioned to serve: present and not quarantined (awake or not).
     pub fn serving(&self) -> bool {
         self.desired == Desired::Present && !self.quarantined
     }
+
+    /// Whether its containers should be running and routed now: serving and awake.
+    pub fn awake(&self) -> bool {
+        self.serving() && self.power == Power::Active
+    }
+
+    /// Whether its engine should be running: present and not asleep (a frozen engine runs).
+    pub fn engine_wanted(&self) -> bool {
+        self.desired == Desired::Present && self.power != Power::Asleep
+    }
+}
+
+fn settled() -> bool {
+    true
 }
 
 /// Seconds since the epoch, for the times records keep.

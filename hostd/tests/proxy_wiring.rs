@@ -8,108 +8,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::proxy::{fetch, fetch_at, wait_fetch, Proxy};
 use support::{env, require_root, text, Cleanup, Daemon};
-
-/// A running sni-proxy on loopback, killed on drop.
-struct Proxy {
-    child: Child,
-    tls: String,
-    admin: PathBuf,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proxy {
-    fn start(dir: &Path) -> Proxy {
-        let routes = dir.join("routes.toml");
-        std::fs::write(&routes, "[limits]\n").unwrap();
-        let admin = dir.join("proxy.sock");
-        let mut child = Command::new(support::workspace_binary("sni-proxy"))
-            .arg("--routes")
-            .arg(&routes)
-            .args([
-                "--listen-tls",
-                "127.0.0.1:0",
-                "--listen-http",
-                "127.0.0.1:0",
-            ])
-            .arg("--admin-socket")
-            .arg(&admin)
-            .args(["--watch-interval-ms", "0"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("proxy.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let tls = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("tls="))
-            .unwrap_or_else(|| panic!("no ready line: {line:?}"))
-            .to_owned();
-        Proxy { child, tls, admin }
-    }
-
-    /// The route names the proxy has now.
-    fn route_names(&self) -> Vec<String> {
-        let routes = std::fs::read_to_string(self.admin.with_file_name("routes.toml")).unwrap();
-        routes
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("sni = "))
-            .map(|s| s.trim_matches('"').to_owned())
-            .collect()
-    }
-}
-
-/// `curl -kv https://<host>/` through the proxy; (body, verbose output) when it answered.
-fn fetch(proxy: &Proxy, host: &str) -> Option<(String, String)> {
-    fetch_at(&proxy.tls, host)
-}
-
-/// [`fetch`] through the proxy listening at `tls`.
-fn fetch_at(tls: &str, host: &str) -> Option<(String, String)> {
-    let port = tls.rsplit(':').next().unwrap();
-    let o = Command::new("curl")
-        .args(["-sS", "-kv", "--max-time", "5", "--resolve"])
-        .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg(format!("https://{host}:{port}/"))
-        .output()
-        .unwrap();
-    o.status.success().then(|| {
-        (
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    })
-}
-
-fn wait_fetch(proxy: &Proxy, host: &str) -> (String, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(r) = fetch(proxy, host) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host} never answered through the proxy"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
 
 #[test]
 fn deployed_tenant_is_reachable_through_the_proxy_only_while_it_should_be() {

@@ -1,5 +1,6 @@
 //! Admin interfaces: a unix socket that hostd drives (one JSON command per line, one JSON
-//! answer per line) and an HTTP address serving Prometheus `/metrics`.
+//! answer per line; `watch-wakes` turns a session into a stream of wake asks) and an HTTP
+//! address serving Prometheus `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,6 +36,13 @@ pub enum Command {
         /// The pattern as written in the file.
         sni: String,
     },
+    /// Per tenant: connections open now, the last time one opened or closed, and the
+    /// connections held while it wakes (what hostd's idle decisions read).
+    Activity,
+    /// Turns the session into a stream of `{"wake":"<tenant>"}` lines, one each time a
+    /// connection arrives for a sleeping tenant (first the tenants with connections held
+    /// now); hostd keeps one open and wakes the tenants it names.
+    WatchWakes,
 }
 
 /// Serves the admin unix socket forever.
@@ -65,6 +73,26 @@ async fn session(s: UnixStream, state: &State) -> std::io::Result<()> {
             continue;
         }
         let answer = match serde_json::from_str::<Command>(&line) {
+            Ok(Command::WatchWakes) => {
+                let (mut asks, pending) = state.waker.listen();
+                w.write_all(b"{\"ok\":true}\n").await?;
+                for t in pending {
+                    w.write_all(format!("{}\n", json!({ "wake": t })).as_bytes())
+                        .await?;
+                }
+                loop {
+                    tokio::select! {
+                        ask = asks.recv() => match ask {
+                            Ok(t) => w.write_all(format!("{}\n", json!({ "wake": t })).as_bytes()).await?,
+                            // Fell behind: the held connections ask again every 2 s.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                        },
+                        // The listener hung up (or sent something: this session only streams).
+                        line = lines.next_line() => if !matches!(line, Ok(Some(_))) { return Ok(()) },
+                    }
+                }
+            }
             Ok(cmd) => run(cmd, state).await,
             Err(e) => json!({"ok": false, "error": format!("bad command: {e}")}),
         };
@@ -82,6 +110,25 @@ pub async fn run(cmd: Command, state: &State) -> serde_json::Value {
         Command::Status => {
             let t = routes.current();
             return json!({"ok": true, "routes": t.source, "open_connections": state.limiter.open()});
+        }
+        Command::Activity => {
+            let held = state.waker.held();
+            let tenants: serde_json::Map<String, serde_json::Value> = state
+                .activity
+                .snapshot()
+                .into_iter()
+                .map(|(t, s)| {
+                    let h = held.get(&t).copied().unwrap_or(0);
+                    (
+                        t,
+                        json!({"open": s.open, "last_active": s.last_active, "held": h}),
+                    )
+                })
+                .collect();
+            return json!({"ok": true, "tenants": tenants});
+        }
+        Command::WatchWakes => {
+            return json!({"ok": false, "error": "watch-wakes streams; send it as the first line of its own session"});
         }
         Command::SetRoute { route } => {
             let edit = move |f: &mut crate::routes::RoutesFile| {

@@ -76,9 +76,37 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
     let start = Instant::now();
     let host = host_of(&req);
     let path = req.uri().path().to_owned();
-    let route = host
-        .as_deref()
-        .and_then(|h| state.routes.current().lookup(h).cloned());
+    let table = state.routes.current();
+    let mut route = host.as_deref().and_then(|h| table.lookup(h).cloned());
+    let limits = table.limits.clone();
+    drop(table);
+    let _activity = route.as_ref().map(|r| state.activity.open(&r.tenant));
+    // A sleeping tenant's request waits for it to wake, as a :443 connection does.
+    if let Some(r) = route.clone().filter(|r| r.asleep) {
+        let held = state
+            .waker
+            .hold(
+                &r,
+                host.as_deref(),
+                &state.routes,
+                limits.wake_queue_per_tenant,
+                limits.wake_timeout(),
+            )
+            .await;
+        state.metrics.wake(&r.tenant, held.outcome());
+        match held {
+            crate::wake::Held::Awake(awake) => route = Some(awake),
+            other => {
+                warn!(target: "limit", limit = other.outcome(), tenant = %r.tenant, client = %peer,
+                      "limit hit: request for a sleeping tenant not served");
+                state.metrics.http_request("wake", "error");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the site is waking up; try again in a moment\n",
+                );
+            }
+        }
+    }
     let (action, resp) = match (&route, host.as_deref()) {
         (None, _) | (_, None) => (
             "none",

@@ -2,6 +2,7 @@
 //! own server without terminating it, and plain HTTP by Host (ACME challenges, redirects).
 //! Each module owns one responsibility; `main.rs` wires them together.
 
+pub mod activity;
 pub mod admin;
 pub mod clienthello;
 pub mod http80;
@@ -14,10 +15,12 @@ pub mod relay;
 pub mod reload;
 pub mod routes;
 pub mod terminate;
+pub mod wake;
 
 use std::sync::Arc;
 
-/// Everything the listeners share: the live routes, the connection limiter and the metrics.
+/// Everything the listeners share: the live routes, the connection limiter, the metrics, the
+/// tenants' activity and the connections held for sleeping tenants.
 #[derive(Debug)]
 pub struct State {
     /// Routes file and live table.
@@ -28,4 +31,8 @@ pub struct State {
     pub metrics: Arc<metrics::Metrics>,
     /// Certificates of terminate-mode routes.
     pub terminator: Arc<terminate::Terminator>,
+    /// Per-tenant open connections and last activity, for hostd's idle decisions.
+    pub activity: Arc<activity::Activity>,
+    /// Connections held for sleeping tenants, and the wake asks to hostd.
+    pub waker: Arc<wake::Waker>,
 }

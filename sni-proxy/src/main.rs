@@ -133,6 +133,8 @@ async fn serve(
         limiter: Arc::new(limits::ConnLimiter::default()),
         metrics: Arc::new(metrics::Metrics::default()),
         terminator: Arc::new(terminate::Terminator::default()),
+        activity: Default::default(),
+        waker: Default::default(),
     });
     // Terminate-mode certificates follow the routes table.
     state.terminator.sync(&state.routes.current());

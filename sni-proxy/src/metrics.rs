@@ -21,6 +21,8 @@ struct Labelled {
     limits: BTreeMap<&'static str, u64>,
     /// (listener, outcome) → HTTP requests on :80.
     http: BTreeMap<(&'static str, &'static str), u64>,
+    /// (tenant, outcome) → connections held for a sleeping tenant.
+    wakes: BTreeMap<(String, &'static str), u64>,
 }
 
 /// Every metric the proxy exports.
@@ -59,6 +61,11 @@ impl Metrics {
     /// Records a limit hit.
     pub fn limit_hit(&self, limit: &'static str) {
         self.with(|l| *l.limits.entry(limit).or_default() += 1);
+    }
+
+    /// Records how a connection held for a sleeping tenant ended (woken, timed out, …).
+    pub fn wake(&self, tenant: &str, outcome: &'static str) {
+        self.with(|l| *l.wakes.entry((tenant.to_owned(), outcome)).or_default() += 1);
     }
 
     /// Records a request on :80.
@@ -148,6 +155,18 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "sni_proxy_http_requests_total{{action=\"{action}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP sni_proxy_wake_holds_total Connections held for a sleeping tenant, by how the hold ended."
+        );
+        let _ = writeln!(o, "# TYPE sni_proxy_wake_holds_total counter");
+        for ((tenant, outcome), n) in &l.wakes {
+            let _ = writeln!(
+                o,
+                "sni_proxy_wake_holds_total{{tenant=\"{}\",outcome=\"{outcome}\"}} {n}",
+                esc(tenant)
             );
         }
         drop(l);

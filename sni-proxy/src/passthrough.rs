@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::clienthello::{read_client_hello, Hello, HelloError};
 use crate::relay::{self, RelayEnd, Side};
 use crate::routes::{Mode, Route};
+use crate::wake::Held;
 use crate::{proxy_protocol, terminate, State};
 
 /// TLS alert record `unrecognized_name` (fatal), sent before closing an unroutable connection.
@@ -60,6 +61,8 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
 
 /// What one connection ended as, for the access log and metrics.
 struct Outcome {
+    /// Counts the connection as its tenant's activity while it lives.
+    _activity: Option<crate::activity::Open>,
     route: String,
     sni: Option<String>,
     alpn: String,
@@ -146,6 +149,7 @@ async fn route(
 ) -> Next {
     // Boxed: it lives as long as the connection, in every connection's task.
     let mut o = Box::new(Outcome {
+        _activity: None,
         route: "-".into(),
         sni: None,
         alpn: String::new(),
@@ -198,6 +202,44 @@ async fn route(
     };
     drop(table);
     o.route = route.name.clone();
+    o._activity = Some(state.activity.open(&route.tenant));
+    let route = if route.asleep {
+        let held = state
+            .waker
+            .hold(
+                &route,
+                hello.sni.as_deref(),
+                &state.routes,
+                limits.wake_queue_per_tenant,
+                limits.wake_timeout(),
+            )
+            .await;
+        state.metrics.wake(&route.tenant, held.outcome());
+        match held {
+            Held::Awake(r) => r,
+            Held::QueueFull(max) => {
+                warn!(target: "limit", limit = "wake_queue_per_tenant", max, tenant = %route.tenant,
+                      client = %peer, "limit hit: too many connections waiting for a sleeping tenant, closing");
+                state.metrics.limit_hit("wake_queue_per_tenant");
+                o.outcome = "wake_queue_full";
+                return Next::Done(o);
+            }
+            Held::TimedOut(t) => {
+                warn!(target: "limit", limit = "wake_timeout", timeout_ms = t.as_millis() as u64,
+                      tenant = %route.tenant, client = %peer,
+                      "limit hit: the tenant did not wake in time, closing");
+                state.metrics.limit_hit("wake_timeout");
+                o.outcome = "wake_timeout";
+                return Next::Done(o);
+            }
+            other @ Held::Gone => {
+                o.outcome = other.outcome();
+                return Next::Done(o);
+            }
+        }
+    } else {
+        route
+    };
     o.backend = Some(route.backend);
     if route.mode == Mode::Terminate {
         return Next::Terminate(o, route, hello, limits.idle_timeout());
@@ -268,6 +310,8 @@ mod tests {
             limiter: Default::default(),
             metrics: Default::default(),
             terminator: Default::default(),
+            activity: Default::default(),
+            waker: Default::default(),
         };
         let f = super::handle(c, a, &state);
         let size = std::mem::size_of_val(&f);

@@ -98,6 +98,14 @@ pub struct RouteSpec {
     /// `passthrough` (default) or `terminate` (then `backend` is the tenant's plain HTTP port).
     #[serde(default)]
     pub mode: Mode,
+    /// The tenant the route belongs to (hostd sets it): activity is counted, and a sleeping
+    /// tenant is woken, per tenant over all its names. Defaults to the route's own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The tenant is frozen or asleep: connections are held while hostd is asked to wake
+    /// it (see `[limits] wake_*`), then routed once hostd clears this.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asleep: bool,
 }
 
 /// Limits and timeouts; every field has a default, so the section may be left out.
@@ -116,6 +124,10 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Time to establish the TCP connection to a backend, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Connections held at once for one sleeping tenant while it wakes; more are closed.
+    pub wake_queue_per_tenant: usize,
+    /// How long a held connection waits for its tenant to wake, in milliseconds.
+    pub wake_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -127,6 +139,8 @@ impl Default for Limits {
             client_hello_timeout_ms: 5_000,
             idle_timeout_secs: 600,
             connect_timeout_ms: 3_000,
+            wake_queue_per_tenant: 64,
+            wake_timeout_ms: 15_000,
         }
     }
 }
@@ -143,6 +157,10 @@ impl Limits {
     /// Backend connect timeout as a Duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// How long a held connection waits for its tenant to wake, as a Duration.
+    pub fn wake_timeout(&self) -> Duration {
+        Duration::from_millis(self.wake_timeout_ms)
     }
 }
 
@@ -190,6 +208,10 @@ pub struct Route {
     pub http: HttpMode,
     /// :443 behaviour.
     pub mode: Mode,
+    /// The tenant it belongs to (its own name when the file names none).
+    pub tenant: String,
+    /// Connections wait for the tenant to wake.
+    pub asleep: bool,
 }
 
 /// The validated table the listeners look names up in.
@@ -250,6 +272,8 @@ impl RouteTable {
             ("client_hello_timeout_ms", l.client_hello_timeout_ms),
             ("idle_timeout_secs", l.idle_timeout_secs),
             ("connect_timeout_ms", l.connect_timeout_ms),
+            ("wake_queue_per_tenant", l.wake_queue_per_tenant as u64),
+            ("wake_timeout_ms", l.wake_timeout_ms),
         ] {
             if v == 0 {
                 return Err(invalid(format!("[limits] {name} must be greater than 0")));
@@ -273,6 +297,8 @@ impl RouteTable {
                 http_backend: spec.http_backend,
                 http: spec.http,
                 mode: spec.mode,
+                tenant: spec.tenant.clone().unwrap_or_else(|| pattern.clone()),
+                asleep: spec.asleep,
             });
             if spec.mode == Mode::Terminate {
                 if pattern.starts_with("*.") {
@@ -312,6 +338,8 @@ impl RouteTable {
                 http_backend: None,
                 http: HttpMode::Redirect,
                 mode: Mode::Passthrough,
+                tenant: "default".into(),
+                asleep: false,
             })
         });
         table.source = file;

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod bundle;
+pub mod idle;
 pub mod tenant;
 
 pub use tenant::TenantSpec;

@@ -146,6 +146,10 @@ pub struct TenantSpec {
     /// Which service receives the public traffic; defaults by TLS mode (see [`TenantSpec::ingress`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Ingress>,
+    /// When the tenant is frozen and put to sleep while idle, and woken on a schedule;
+    /// see [`TenantSpec::idle`] for the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<crate::idle::Idle>,
 }
 
 /// The compose service sni-proxy sends a tenant's public traffic to.
@@ -199,6 +203,20 @@ impl TenantSpec {
                     http_port: None,
                 },
             })
+    }
+
+    /// The idle policy after the defaults: frozen after 30 minutes idle, asleep after 2
+    /// hours; a tenant with its own TLS (passthrough) is also woken every Monday at 04:00
+    /// UTC, so its Caddy renews its certificate (a third of its life before expiry) even
+    /// when nobody visits for weeks.
+    pub fn idle(&self) -> crate::idle::Idle {
+        self.idle.clone().unwrap_or_else(|| crate::idle::Idle {
+            wake_at: match self.tls_mode() {
+                TlsMode::Passthrough => vec![crate::idle::WEEKLY_RENEWAL_WAKE.to_owned()],
+                TlsMode::Terminate => Vec::new(),
+            },
+            ..crate::idle::Idle::default()
+        })
     }
 
     /// Checks every rule that serde's types cannot express.
@@ -257,6 +275,9 @@ impl TenantSpec {
                     ),
                 ));
             }
+        }
+        if let Some(idle) = &self.idle {
+            idle.validate(l.cpu).map_err(|(f, m)| err(&f, m))?;
         }
         if l.disk.0 < GIB {
             return Err(err(
@@ -461,6 +482,33 @@ role: { arn: "arn:aws:iam::123456789012:role/m8trx-customer-acme", external_id: 
         assert_eq!(
             field_of(&GOOD.replace("ext-acme-1", "\"bad id!\"")),
             "role.external_id"
+        );
+    }
+
+    #[test]
+    fn idle_defaults_wake_a_tenant_with_its_own_tls_weekly() {
+        let s = TenantSpec::parse(GOOD).unwrap();
+        assert_eq!(s.idle().freeze_after, crate::idle::DEFAULT_FREEZE_AFTER);
+        assert_eq!(s.idle().wake_at, [crate::idle::WEEKLY_RENEWAL_WAKE]);
+        let b = TenantSpec::parse(&GOOD.replace("template: agent", "template: baseline")).unwrap();
+        assert!(
+            b.idle().wake_at.is_empty(),
+            "the proxy renews a terminated tenant's certificate"
+        );
+        let own = TenantSpec::parse(&format!(
+            "{GOOD}idle: {{ freeze_after: 0, sleep_after: 1h }}\n"
+        ))
+        .unwrap();
+        assert_eq!(own.idle().freeze_after.0, 0);
+        assert!(
+            own.idle().wake_at.is_empty(),
+            "a spec's own policy is taken as written"
+        );
+        assert_eq!(
+            field_of(&format!(
+                "{GOOD}idle: {{ sleep_after: 1m, freeze_after: 1h }}\n"
+            )),
+            "idle.sleep_after"
         );
     }
 

@@ -24,6 +24,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+mod freezer;
 pub mod systemd;
 mod v1;
 mod v2;
@@ -288,22 +289,31 @@ impl TenantCgroup {
         }
     }
 
-    /// The workload cgroup's directories (where [`TenantCgroup::add_process`] puts a process).
-    pub fn workload_dirs(&self) -> Vec<PathBuf> {
-        let rel = match self.fs.driver {
+    /// The workload cgroup's path relative to the hierarchy root.
+    fn workload_rel(&self) -> PathBuf {
+        match self.fs.driver {
             Driver::Cgroupfs => self.rel().join(WORKLOAD),
             Driver::Systemd => self.rel().join(systemd::workload_slice(&self.name)),
-        };
-        self.dirs_of(&rel)
+        }
+    }
+
+    /// The workload cgroup's directories (where [`TenantCgroup::add_process`] puts a process).
+    pub fn workload_dirs(&self) -> Vec<PathBuf> {
+        self.dirs_of(&self.workload_rel())
+    }
+
+    /// The engine cgroup's path relative to the hierarchy root (as `/proc/PID/cgroup`
+    /// shows it, without the leading `/`).
+    pub fn engine_rel(&self) -> PathBuf {
+        match self.fs.driver {
+            Driver::Cgroupfs => self.rel().join(ENGINE),
+            Driver::Systemd => self.rel().join(systemd::engine_unit(&self.name)),
+        }
     }
 
     /// The engine cgroup's directories: dockerd's own charge.
     pub fn engine_dirs(&self) -> Vec<PathBuf> {
-        let rel = match self.fs.driver {
-            Driver::Cgroupfs => self.rel().join(ENGINE),
-            Driver::Systemd => self.rel().join(systemd::engine_unit(&self.name)),
-        };
-        self.dirs_of(&rel)
+        self.dirs_of(&self.engine_rel())
     }
 
     /// Whether the cgroup exists (any of its directories).
@@ -341,6 +351,37 @@ impl TenantCgroup {
             Version::V2 => self.fs.root.join(self.rel()).join("memory.current"),
         };
         parse_u64(&path)
+    }
+
+    /// Asks the kernel to drop the tenant's reclaimable memory (the page cache of its volume
+    /// and images) once nothing runs in it: what a sleeping tenant should cost the host.
+    /// v2 `memory.reclaim` (Linux 5.19 and later), v1 `memory.force_empty` on the envelope
+    /// and its two children. Blocking: call it off the async runtime.
+    pub fn reclaim(&self) -> Result<(), CgroupError> {
+        match self.fs.version {
+            Version::V2 => {
+                let dir = self.fs.root.join(self.rel());
+                let current = parse_u64(&dir.join("memory.current"))?;
+                match write(&dir.join("memory.reclaim"), &current.to_string()) {
+                    // EAGAIN: less than asked could be reclaimed, which is fine.
+                    Err(CgroupError::Io { source, .. })
+                        if source.raw_os_error() == Some(nix::libc::EAGAIN) =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+            Version::V1 => {
+                for rel in [self.rel().join(ENGINE), self.workload_rel(), self.rel()] {
+                    write(
+                        &self.fs.v1_dir("memory", &rel).join("memory.force_empty"),
+                        "0",
+                    )?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Moves a process into the tenant's workload cgroup (every controller on v1), as if it

@@ -8,12 +8,15 @@ use super::{
     ENGINE, WORKLOAD,
 };
 
-/// v1 controllers hostd uses, and whether the tenant cannot work without them.
-pub(super) const CONTROLLERS: [(&str, bool); 4] = [
+/// v1 controllers hostd uses, and whether the tenant cannot work without them (without a
+/// freezer a tenant cannot be frozen, without cpuacct its CPU use is not sampled).
+pub(super) const CONTROLLERS: [(&str, bool); 6] = [
     ("memory", true),
     ("cpu", true),
     ("pids", true),
     ("blkio", false),
+    ("freezer", false),
+    ("cpuacct", false),
 ];
 
 /// Creates the envelope and its two children in every controller and writes the limits.

@@ -294,10 +294,15 @@ impl Engine {
             .trim()
             .parse()
             .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let ours = cmdline.contains("dockerd")
-            && cmdline.contains(&format!("--exec-root={}", cfg.exec_root().display()));
+        // A dockerd in this tenant's engine cgroup. Not its command line: reading a frozen
+        // process's memory (`/proc/PID/cmdline`) can block until the thaw.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let engine = format!("/{}", cfg.cgroup.engine_rel().display());
+        let ours = comm.trim() == "dockerd"
+            && cgroups
+                .lines()
+                .any(|l| l.splitn(3, ':').nth(2) == Some(engine.as_str()));
         (ours && is_running(pid)).then_some(Self {
             cfg,
             pid,
@@ -407,7 +412,7 @@ impl Engine {
 }
 
 fn signal(pid: u32, sig: Signal) {
-    // The pid is the engine's (read from its pidfile and checked against its command line).
+    // The pid is the engine's (read from its pidfile, checked to be a dockerd in its cgroup).
     if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }

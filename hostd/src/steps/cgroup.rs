@@ -1,5 +1,6 @@
 //! The tenant's cgroup envelope (engine and workload inside it) with the aggregate limits
-//! of its spec: cpu, memory, pids, and io on its volume's device (hence after the volume).
+//! of its spec: cpu, memory, pids, and io on its volume's device (hence after the volume);
+//! frozen exactly while the tenant is (`crate::power`), thawed otherwise.
 
 use async_trait::async_trait;
 
@@ -11,6 +12,11 @@ use crate::record::Record;
 
 /// Creates the cgroup and writes its limits; removes it.
 pub struct Cgroup;
+
+/// Whether the envelope should be frozen now.
+fn frozen(rec: &Record) -> bool {
+    rec.desired == crate::record::Desired::Present && rec.power == crate::record::Power::Frozen
+}
 
 fn limits(rec: &Record) -> Result<Limits, StepError> {
     let l = &rec.spec.limits;
@@ -38,15 +44,18 @@ impl Step for Cgroup {
     async fn up(&self, run: &mut Run<'_>) -> Result<(), StepError> {
         let limits = limits(run.rec)?;
         let cg = run.host.cgroups.tenant(run.rec.name());
-        blocking(move || cg.apply(&limits)).await
+        let frozen = frozen(run.rec);
+        blocking(move || cg.apply(&limits).and_then(|()| cg.ensure_frozen(frozen))).await
     }
 
     async fn down(&self, run: &mut Run<'_>) -> Result<(), StepError> {
         let cg = run.host.cgroups.tenant(run.rec.name());
-        blocking(move || cg.remove()).await
+        // A frozen engine could not stop; it is thawed first (the step after purges it).
+        blocking(move || cg.ensure_frozen(false).and_then(|()| cg.remove())).await
     }
 
     async fn check(&self, host: &Host, rec: &Record) -> Result<bool, StepError> {
-        Ok(host.cgroups.tenant(rec.name()).exists())
+        let cg = host.cgroups.tenant(rec.name());
+        Ok(cg.exists() && cg.is_frozen().unwrap_or(false) == frozen(rec))
     }
 }

@@ -182,27 +182,12 @@ impl crate::compose::Handover for RouteHandover<'_> {
             return Ok(());
         }
         let addr = format!("{ip}:{}", ingress.port);
-        let until = tokio::time::Instant::now() + HANDOVER_WAIT;
-        loop {
-            let attempt = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                tokio::net::TcpStream::connect(&addr),
-            )
-            .await;
-            if matches!(attempt, Ok(Ok(_))) {
-                break;
-            }
-            if tokio::time::Instant::now() > until {
-                return Err(format!(
-                    "the new container accepted no connection on {addr} within {}s",
-                    HANDOVER_WAIT.as_secs()
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        crate::containers::accepting(&addr, HANDOVER_WAIT)
+            .await
+            .map_err(|e| format!("the new container: {e}"))?;
         if let Some(sock) = &self.host.cfg.proxy_admin {
             let admin = crate::proxy_routes::ProxyAdmin::new(sock);
-            for route in super::routes::routes_to(&self.rec, ip) {
+            for route in super::routes::routes_to(&self.rec, ip, false) {
                 admin
                     .set(&route)
                     .await
@@ -247,7 +232,7 @@ impl Step for Deploy {
     }
 
     async fn up(&self, run: &mut Run<'_>) -> Result<(), StepError> {
-        if !run.rec.serving() {
+        if !run.rec.awake() {
             return Ok(());
         }
         let docker = super::engine::docker(run.host, run.rec).await?;
@@ -272,7 +257,7 @@ impl Step for Deploy {
     }
 
     async fn check(&self, host: &Host, rec: &Record) -> Result<bool, StepError> {
-        if !rec.serving() || rec.deployment.is_none() {
+        if !rec.awake() || rec.deployment.is_none() {
             return Ok(true);
         }
         let Ok(docker) = super::engine::docker(host, rec).await else {

@@ -1,6 +1,7 @@
-//! The tenant's dockerd: started (or adopted) and answering while the tenant is present;
-//! while it is stopped, its containers are stopped (the running ones recorded first, so
-//! `start` brings back exactly those) and then the engine. Down purges every trace of it.
+//! The tenant's dockerd: started (or adopted) and answering while the tenant is present and
+//! awake, left alone while it is frozen; while it is stopped or asleep, its containers are
+//! stopped (the running ones recorded first, so `start` and a wake bring back exactly those)
+//! and then the engine. Down purges every trace of it.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use async_trait::async_trait;
 use super::{blocking, Run, Step, StepKind};
 use crate::error::StepError;
 use crate::host::Host;
-use crate::record::{Desired, Record};
+use crate::record::{Desired, Power, Record};
 
 /// Runs, stops and purges the engine.
 pub struct Engine;
@@ -51,13 +52,28 @@ impl Step for Engine {
     }
 
     async fn up(&self, run: &mut Run<'_>) -> Result<(), StepError> {
-        match run.rec.desired {
-            Desired::Stopped => halt(run).await,
-            _ => start(run.host, run.rec).await,
+        match (run.rec.desired, run.rec.power) {
+            (Desired::Stopped, _) | (_, Power::Asleep) => halt(run).await,
+            (_, Power::Frozen) => {
+                if crate::engine::Engine::adopt(run.host.engine_config(run.rec)).is_some() {
+                    // Running, frozen: asking it anything would hang until the thaw.
+                    return Ok(());
+                }
+                // The freeze did not survive (a host reboot): nothing runs any more, so
+                // the tenant is asleep, with the containers the freeze recorded.
+                run.say("frozen tenant found with no engine (host restarted?): asleep now");
+                run.rec.power = Power::Asleep;
+                run.rec.power_since = crate::record::now_secs();
+                run.save()
+            }
+            (_, Power::Active) => start(run.host, run.rec).await,
         }
     }
 
     async fn down(&self, run: &mut Run<'_>) -> Result<(), StepError> {
+        // A frozen engine cannot stop: thaw the tenant first.
+        let cg = run.host.cgroups.tenant(run.rec.name());
+        blocking(move || cg.ensure_frozen(false)).await?;
         let cfg = run.host.engine_config(run.rec);
         crate::engine::purge(&cfg, run.rec.wipe).await?;
         run.host.reap_children();
@@ -66,7 +82,7 @@ impl Step for Engine {
 
     async fn check(&self, host: &Host, rec: &Record) -> Result<bool, StepError> {
         let running = crate::engine::Engine::adopt(host.engine_config(rec)).is_some();
-        Ok(running == (rec.desired == Desired::Present))
+        Ok(running == rec.engine_wanted())
     }
 }
 

@@ -1,7 +1,8 @@
 //! The tenant's public routes in sni-proxy: each subdomain points at its ingress
-//! container while the tenant serves (present, not quarantined, ingress running) and at
-//! nothing otherwise. Down removes them first on destroy: the next tenant in the slot may
-//! get the same container address.
+//! container while the tenant serves and is awake (present, not quarantined, ingress
+//! running); is marked asleep while the tenant is frozen or asleep (the proxy holds its
+//! connections and asks hostd to wake it); points at nothing otherwise. Down removes them
+//! first on destroy: the next tenant in the slot may get the same container address.
 
 use async_trait::async_trait;
 
@@ -14,10 +15,18 @@ use crate::record::Record;
 /// Points the tenant's subdomains at its ingress, or removes them.
 pub struct Routes;
 
-/// The routes the tenant should have now: none unless it serves and its ingress runs.
+/// Where a sleeping tenant that was never routed "points": the proxy never connects to a
+/// route marked asleep.
+const NOWHERE: &str = "0.0.0.0";
+
+/// The routes the tenant should have now: to its running ingress while it is awake, marked
+/// asleep while it is frozen or asleep, none while it does not serve or has no ingress.
 async fn wanted(host: &Host, rec: &Record) -> Vec<TenantRoute> {
     if !rec.serving() {
         return Vec::new();
+    }
+    if !rec.awake() {
+        return routes_to(rec, rec.ingress_ip.as_deref().unwrap_or(NOWHERE), true);
     }
     let Ok(docker) = super::engine::docker(host, rec).await else {
         return Vec::new();
@@ -27,11 +36,11 @@ async fn wanted(host: &Host, rec: &Record) -> Vec<TenantRoute> {
     let Some(ip) = crate::containers::ingress_ip(&docker, &project, &ingress.service).await else {
         return Vec::new();
     };
-    routes_to(rec, &ip)
+    routes_to(rec, &ip, false)
 }
 
-/// The tenant's routes to an ingress container at `ip`.
-pub(crate) fn routes_to(rec: &Record, ip: &str) -> Vec<TenantRoute> {
+/// The tenant's routes to an ingress container at `ip`, awake or asleep.
+pub(crate) fn routes_to(rec: &Record, ip: &str, asleep: bool) -> Vec<TenantRoute> {
     let ingress = rec.spec.ingress();
     rec.spec
         .subdomains
@@ -41,6 +50,8 @@ pub(crate) fn routes_to(rec: &Record, ip: &str) -> Vec<TenantRoute> {
             backend: format!("{ip}:{}", ingress.port),
             http_backend: ingress.http_port.map(|p| format!("{ip}:{p}")),
             terminate: rec.spec.tls_mode() == crate::spec::TlsMode::Terminate,
+            tenant: rec.name().to_owned(),
+            asleep,
         })
         .collect()
 }
@@ -68,9 +79,20 @@ impl Step for Routes {
         if routes.is_empty() {
             return remove_all(run, &admin).await;
         }
-        for route in routes {
-            admin.set(&route).await?;
-            run.say(format!("route {} -> {}", route.sni, route.backend));
+        for route in &routes {
+            admin.set(route).await?;
+            match route.asleep {
+                true => run.say(format!("route {} asleep (held until a wake)", route.sni)),
+                false => run.say(format!("route {} -> {}", route.sni, route.backend)),
+            }
+        }
+        let ip = routes[0]
+            .backend
+            .rsplit_once(':')
+            .map(|(ip, _)| ip.to_owned());
+        if !routes[0].asleep && run.rec.ingress_ip != ip {
+            run.rec.ingress_ip = ip;
+            run.save()?;
         }
         Ok(())
     }
@@ -91,10 +113,11 @@ impl Step for Routes {
         if want.is_empty() {
             return Ok(!have
                 .iter()
-                .any(|(sni, _)| rec.spec.subdomains.contains(sni)));
+                .any(|(sni, _, _)| rec.spec.subdomains.contains(sni)));
         }
-        Ok(want
-            .iter()
-            .all(|r| have.iter().any(|(sni, b)| *sni == r.sni && *b == r.backend)))
+        Ok(want.iter().all(|r| {
+            have.iter()
+                .any(|(sni, b, asleep)| *sni == r.sni && *b == r.backend && *asleep == r.asleep)
+        }))
     }
 }

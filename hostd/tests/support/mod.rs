@@ -2,6 +2,8 @@
 //! directory, `hostd ctl` against it, and the tenant engine's docker CLI.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
