@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE ?= /var/lib/m8trx-test/env
 export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 
-.PHONY: test demo demo-build demo-down fmt-check clippy test-env unit build infra-check bench-proxy vm-test vm-image fuzz-compose
+.PHONY: test demo demo-build demo-down fmt-check clippy test-env unit build infra-check bench-proxy bench-scale-to-zero vm-test vm-image fuzz-compose
 
 ## test: formatting, lints, the real test environment, every test of the workspace, then the VM tier.
 test: fmt-check clippy test-env infra-check
@@ -44,6 +44,13 @@ demo-build:
 ## bench-proxy: sni-proxy vs HAProxy, nginx stream, sniproxy and direct on loopback (not part of test).
 bench-proxy: test-env
 	cargo bench -p sni-proxy --bench compare
+
+## bench-scale-to-zero: wake latency (frozen, asleep) against docker unpause and a cold docker
+## start, and the host cost of N tenants awake and 90% asleep (not part of test).
+## M8TRX_BENCH_ROUNDS (20), M8TRX_BENCH_TENANTS (10), M8TRX_BENCH_WINDOW (20 s).
+bench-scale-to-zero: test-env
+	cargo build --release -p sni-proxy
+	set -a && . "$(ENV_FILE)" && set +a && cargo bench -p hostd --bench scale_to_zero
 
 ## fuzz-compose: libFuzzer on hostd's compose loader, policy and plan (nightly + cargo-fuzz; not part of test).
 ## FUZZ_RUNS (default 10000000) executions, seeded with the compose battery; prints the figure at the end.

@@ -12,9 +12,6 @@ use bollard::Docker;
 use crate::error::StepError;
 use crate::steps::Run;
 
-/// Seconds a container gets between SIGTERM and SIGKILL when hostd stops it.
-const STOP_SECS: i32 = 10;
-
 fn first_name(names: Option<Vec<String>>) -> Option<String> {
     names.and_then(|n| n.first().map(|n| n.trim_start_matches('/').to_owned()))
 }
@@ -38,9 +35,9 @@ async fn project_containers(
         .map_err(StepError::engine_api("listing containers"))
 }
 
-/// Stops every running container of the engine, after recording their names in the
-/// record (in creation order): a crash midway must not forget which ones `start` has to
-/// bring back.
+/// Stops every running container of the engine (dependents first), after recording their
+/// names in the record (in creation order): a crash midway must not forget which ones
+/// `start` has to bring back.
 pub async fn stop_all(run: &mut Run<'_>, docker: &Docker) -> Result<(), StepError> {
     // Creation order is the deploy's start order: `resume` starts them again in it.
     let names = running(docker).await?;
@@ -53,9 +50,12 @@ pub async fn stop_all(run: &mut Run<'_>, docker: &Docker) -> Result<(), StepErro
     if run.rec.stopped_containers.len() != before {
         run.save()?;
     }
-    for n in &names {
+    // Dependents first (reverse start order), as compose stops a project.
+    for n in names.iter().rev() {
         run.say(format!("stopping container {n}"));
-        let opts = StopContainerOptionsBuilder::default().t(STOP_SECS).build();
+        // The container's own stop grace period (compose's `stop_grace_period`, else the
+        // engine's 10 s).
+        let opts = StopContainerOptionsBuilder::default().build();
         docker
             .stop_container(n, Some(opts))
             .await
@@ -145,15 +145,9 @@ pub async fn restart_running(run: &mut Run<'_>, docker: &Docker) -> Result<Vec<S
             continue;
         };
         run.say(format!("restarting {n}"));
+        // With the container's own stop grace period, as a stop.
         docker
-            .restart_container(
-                &n,
-                Some(
-                    RestartContainerOptionsBuilder::default()
-                        .t(STOP_SECS)
-                        .build(),
-                ),
-            )
+            .restart_container(&n, Some(RestartContainerOptionsBuilder::default().build()))
             .await
             .map_err(StepError::engine_api(format!("restarting {n}")))?;
         restarted.push(n);

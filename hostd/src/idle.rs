@@ -134,9 +134,15 @@ impl Idler {
         for (name, t) in &todo {
             let mut say = |l: String| tracing::info!(target: "idle", "{l}");
             let r = match t {
-                Transition::Freeze => host.freeze(name, &mut say).await,
-                Transition::Sleep => host.sleep(name, &mut say).await,
-                Transition::Wake => host.wake(name, &mut say).await,
+                Transition::Freeze => host
+                    .idle_to(name, Power::Frozen, &mut say)
+                    .await
+                    .map(|_| ()),
+                Transition::Sleep => host
+                    .idle_to(name, Power::Asleep, &mut say)
+                    .await
+                    .map(|_| ()),
+                Transition::Wake => host.wake(name, &mut say).await.map(|_| ()),
             };
             if let Err(e) = r {
                 tracing::error!(target: "idle", tenant = %name, ?t, "{e}");

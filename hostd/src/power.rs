@@ -31,6 +31,23 @@ pub fn word(p: Power) -> &'static str {
     }
 }
 
+/// How a freeze or sleep the idle policy asked for ended.
+#[derive(Debug)]
+pub enum Idled {
+    /// Frozen or asleep as asked (or it already was).
+    Done(Record),
+    /// A connection was open once its routes held new ones: left as it was.
+    Busy(Record),
+}
+
+impl Idled {
+    fn record(self) -> Record {
+        match self {
+            Idled::Done(r) | Idled::Busy(r) => r,
+        }
+    }
+}
+
 fn must_serve(rec: &Record, what: &str) -> Result<(), HostError> {
     let name = rec.name();
     match (rec.desired, rec.quarantined) {
@@ -67,68 +84,130 @@ impl Host {
         Ok(())
     }
 
-    /// Freezes an idle tenant: its routes hold new connections (and ask for a wake), then
-    /// its whole cgroup is frozen. Already frozen or asleep: nothing to do.
+    /// Freezes a tenant now (`hostd ctl freeze`): its routes hold new connections (and ask
+    /// for a wake), then its whole cgroup is frozen. Already frozen or asleep: nothing to do.
+    /// Connections open at that moment stall until the next wake: the operator's call.
     pub async fn freeze(&self, name: &str, progress: Progress<'_>) -> Result<Record, HostError> {
-        let _tenant = self.locks.lock(name).await;
-        let mut rec = self.live_record(name)?;
-        must_serve(&rec, "freeze")?;
-        if rec.power != Power::Active {
-            return Ok(rec);
-        }
-        // What runs now: what a wake starts again if the freeze does not survive a reboot.
-        let docker = self.docker(&rec).await?;
-        rec.stopped_containers = crate::containers::running(&docker)
+        self.go_idle(name, Power::Frozen, false, progress)
             .await
-            .map_err(HostError::step(name, StepKind::Deploy))?;
-        self.set_power(&mut rec, Power::Frozen)?;
-        progress(format!("{name}: freezing"));
-        let frozen = async {
-            self.run_up(&mut rec, StepKind::Routes, progress).await?;
-            self.run_up(&mut rec, StepKind::Cgroup, progress).await
-        }
-        .await;
-        if let Err(e) = frozen {
-            // A tenant that cannot be frozen (no freezer here) stays as it was.
-            self.set_power(&mut rec, Power::Active)?;
-            rec.stopped_containers.clear();
-            self.save(&rec)?;
-            self.run_up(&mut rec, StepKind::Cgroup, progress).await?;
-            self.run_up(&mut rec, StepKind::Routes, progress).await?;
-            self.settle_power(&mut rec)?;
-            return Err(e);
-        }
-        self.settle_power(&mut rec)?;
-        progress(format!("{name}: frozen"));
-        Ok(rec)
+            .map(Idled::record)
     }
 
-    /// Puts a tenant to sleep: routes hold new connections, the cgroup is thawed (a frozen
-    /// process cannot stop), then containers (recorded first) and engine are stopped.
+    /// Puts a tenant to sleep now (`hostd ctl sleep`): routes hold new connections, the
+    /// cgroup is thawed (a frozen process cannot stop), then containers (recorded first) and
+    /// engine are stopped and the tenant's page cache reclaimed.
     pub async fn sleep(&self, name: &str, progress: Progress<'_>) -> Result<Record, HostError> {
+        self.go_idle(name, Power::Asleep, false, progress)
+            .await
+            .map(Idled::record)
+    }
+
+    /// What the idle policy runs: like [`Host::freeze`] and [`Host::sleep`], but a tenant
+    /// that has a connection open once its routes hold new ones (one that opened after the
+    /// idle sample) is left as it was: [`Idled::Busy`].
+    pub async fn idle_to(
+        &self,
+        name: &str,
+        target: Power,
+        progress: Progress<'_>,
+    ) -> Result<Idled, HostError> {
+        self.go_idle(name, target, true, progress).await
+    }
+
+    async fn go_idle(
+        &self,
+        name: &str,
+        target: Power,
+        unless_busy: bool,
+        progress: Progress<'_>,
+    ) -> Result<Idled, HostError> {
         let _tenant = self.locks.lock(name).await;
         let mut rec = self.live_record(name)?;
-        must_serve(&rec, "put to sleep")?;
-        if rec.power == Power::Asleep {
-            return Ok(rec);
+        let what = if target == Power::Frozen {
+            "freeze"
+        } else {
+            "put to sleep"
+        };
+        must_serve(&rec, what)?;
+        if rec.power == target || (target == Power::Frozen && rec.power == Power::Asleep) {
+            return Ok(Idled::Done(rec));
         }
-        self.set_power(&mut rec, Power::Asleep)?;
-        progress(format!("{name}: going to sleep"));
-        for kind in [StepKind::Routes, StepKind::Cgroup, StepKind::Engine] {
-            self.run_up(&mut rec, kind, progress).await?;
+        let before = rec.power;
+        if before == Power::Active {
+            // What runs now: what a wake starts again if a freeze does not survive a reboot.
+            let docker = self.docker(&rec).await?;
+            rec.stopped_containers = crate::containers::running(&docker)
+                .await
+                .map_err(HostError::step(name, StepKind::Deploy))?;
         }
-        // Nothing runs in it any more: its page cache goes back to the host too.
-        let cg = self.cgroups.tenant(name);
-        match tokio::task::spawn_blocking(move || cg.reclaim()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(tenant = %name, "reclaiming a sleeping tenant's memory: {e}")
+        self.set_power(&mut rec, target)?;
+        progress(format!(
+            "{name}: {}",
+            if target == Power::Frozen {
+                "freezing"
+            } else {
+                "going to sleep"
             }
-            Err(e) => tracing::warn!(tenant = %name, "reclaiming a sleeping tenant's memory: {e}"),
+        ));
+        // New connections are held from here on; one that got in before stays open.
+        let mut result = self.run_up(&mut rec, StepKind::Routes, progress).await;
+        let busy = result.is_ok() && unless_busy && self.busy(&rec).await;
+        if busy {
+            progress(format!(
+                "{name}: a connection is open; staying {}",
+                word(before)
+            ));
+            result = Err(HostError::conflict(name, "a connection is open"));
+        } else if result.is_ok() {
+            let steps: &[StepKind] = match target {
+                Power::Frozen => &[StepKind::Cgroup],
+                _ => &[StepKind::Cgroup, StepKind::Engine],
+            };
+            for kind in steps {
+                result = result.and(self.run_up(&mut rec, *kind, progress).await);
+            }
+        }
+        if let Err(e) = result {
+            // Busy, or it could not be done (no freezer here): back to where it was.
+            self.set_power(&mut rec, before)?;
+            if before == Power::Active {
+                rec.stopped_containers.clear();
+                self.save(&rec)?;
+            }
+            for kind in [StepKind::Cgroup, StepKind::Routes] {
+                self.run_up(&mut rec, kind, progress).await?;
+            }
+            self.settle_power(&mut rec)?;
+            return if busy { Ok(Idled::Busy(rec)) } else { Err(e) };
+        }
+        if target == Power::Asleep {
+            // Nothing runs in it any more: its page cache goes back to the host too.
+            let cg = self.cgroups.tenant(name);
+            match tokio::task::spawn_blocking(move || cg.reclaim()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(tenant = %name, "reclaiming a sleeping tenant's memory: {e}")
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %name, "reclaiming a sleeping tenant's memory: {e}")
+                }
+            }
         }
         self.settle_power(&mut rec)?;
-        progress(format!("{name}: asleep"));
-        Ok(rec)
+        progress(format!("{name}: {}", word(target)));
+        Ok(Idled::Done(rec))
+    }
+
+    /// Whether sni-proxy has a connection of the tenant open that it is not holding.
+    async fn busy(&self, rec: &Record) -> bool {
+        let Some(sock) = &self.cfg.proxy_admin else {
+            return false;
+        };
+        match crate::proxy_routes::ProxyAdmin::new(sock).activity().await {
+            Ok(a) => a.get(rec.name()).is_some_and(|a| a.open > a.held),
+            // Unknown: do not risk stalling a live connection.
+            Err(_) => true,
+        }
     }
 
     /// Wakes a frozen or sleeping tenant and points its routes at it again; an awake

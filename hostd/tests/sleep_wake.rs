@@ -3,7 +3,8 @@
 //! sleep (engine gone); a TLS connection arriving while it is frozen or asleep is held by the
 //! proxy, hostd wakes the tenant, and the client gets its ServerHello from the tenant's own
 //! Caddy. `hostd ctl sleep|wake` and `list` show and drive the same; `kill -9` of hostd in the
-//! middle of a wake recovers; a tenant that cannot wake is put back to sleep and says why.
+//! middle of a wake, and of a sleep, is finished by the restarted hostd; a tenant that cannot
+//! wake is put back to sleep and says why.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test fixture: a panic is the failure report
 
 mod support;
@@ -29,7 +30,6 @@ fn caddy_compose(host: &str, image: &str) -> String {
             "caddy": {
                 "image": image,
                 "entrypoint": ["/bin/sh", "-c"],
-                // A marker on the volume makes the next start fail: the failed-wake case.
                 // Markers on the volume: `broken` makes the next start fail (a wake that
                 // cannot work), `slow` makes it take 3 s (a wake to kill hostd in).
                 "command": ["test -f /data/broken && exit 3; test -f /data/slow && sleep 3; printf '%s' \"$$CADDYFILE\" > /tmp/Caddyfile && exec caddy run --config /tmp/Caddyfile --adapter caddyfile"],
@@ -40,6 +40,14 @@ fn caddy_compose(host: &str, image: &str) -> String {
                     "XDG_DATA_HOME": "/tmp/data",
                     "XDG_CONFIG_HOME": "/tmp/config"
                 }
+            },
+            // Ignores SIGTERM: stopping it takes its whole grace period (a sleep to kill
+            // hostd in).
+            "lingers": {
+                "image": image,
+                "entrypoint": ["/bin/sh", "-c"],
+                "command": ["trap '' TERM; while :; do sleep 1; done"],
+                "stop_grace_period": "4s"
             }
         },
         "volumes": {"data": {}}
@@ -260,6 +268,46 @@ fn an_idle_tenant_freezes_sleeps_and_wakes_on_a_connection() {
         .is_empty());
     let o = tenant_docker(&name, &["exec", &caddy, "rm", "/data/slow"]);
     assert!(o.status.success(), "{}", text(&o));
+
+    // kill -9 of hostd in the middle of a sleep (stopping `lingers` takes 4 s): the
+    // restarted hostd finishes it.
+    let mut sleeper = Command::new(env!("CARGO_BIN_EXE_hostd"))
+        .args(["ctl", "--socket"])
+        .arg(&d.socket)
+        .args(["sleep", &name])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its progress lines (stderr), as they come: read until the containers are being stopped.
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(sleeper.stderr.take().unwrap()));
+    loop {
+        let line = lines
+            .next()
+            .expect("the sleep ended before stopping anything")
+            .unwrap();
+        if line.contains("stopping container") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        power(&d, &name),
+        "to-asleep",
+        "killed in the middle of the sleep"
+    );
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    drop(lines);
+    let _ = sleeper.wait();
+    d = Daemon::start_with(&dir, &flags);
+    let st = d.status(&name);
+    assert!(
+        st["power"] == "asleep" && st["power_settled"] == true && st["engine_pid"].is_null(),
+        "the recorded sleep was finished: {st}"
+    );
+    let (_, body, _) = timed(&proxy, &host);
+    assert_eq!(body, format!("awake {host}"), "and it wakes again");
 
     // A tenant that cannot wake is put back to sleep, says why, and its held connection
     // is closed cleanly at the proxy's deadline.
