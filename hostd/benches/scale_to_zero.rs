@@ -73,11 +73,14 @@ fn stack(host: &str, caddy: &str, busybox: &str) -> String {
                                 "XDG_DATA_HOME": "/tmp/data", "XDG_CONFIG_HOME": "/tmp/config"},
                 "depends_on": ["app"],
             },
+            // An init, as real images have: busybox as PID 1 ignores SIGTERM, and every
+            // sleep would wait out the stop grace period.
             "app": {
                 "image": busybox,
+                "init": true,
                 "command": ["sh", "-c", "mkdir -p /tmp/w && echo app > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"],
             },
-            "worker": {"image": busybox, "command": ["sleep", "2147483647"]},
+            "worker": {"image": busybox, "init": true, "command": ["sleep", "2147483647"]},
         }
     })
     .to_string()
@@ -156,6 +159,7 @@ impl Plain {
         docker(&[
             "run",
             "-d",
+            "--init",
             "--name",
             &names[0],
             "--network",
@@ -170,6 +174,7 @@ impl Plain {
         docker(&[
             "run",
             "-d",
+            "--init",
             "--name",
             &names[1],
             "--network",
@@ -275,6 +280,17 @@ fn tenant_processes(prefix: &str) -> HashMap<String, (u64, u64)> {
         }
     }
     by
+}
+
+/// What a tenant's cgroup still holds (page cache and kernel memory included), in bytes.
+fn cgroup_memory(tenant: &str) -> u64 {
+    [
+        format!("/sys/fs/cgroup/memory/m8trx/{tenant}/memory.usage_in_bytes"),
+        format!("/sys/fs/cgroup/m8trx/{tenant}/memory.current"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+    .unwrap_or(0)
 }
 
 /// Memory (bytes, PSS) and CPU (cores) of the benchmark's tenants over `window`.
@@ -469,7 +485,17 @@ fn main() {
     let (mem_mixed, cpu_mixed) = cost(&prefix, window);
     let awake_n = n - sleepers;
     let per_awake = mem_awake / n as f64;
-    let per_asleep = ((mem_mixed - per_awake * awake_n as f64) / sleepers as f64).max(0.0);
+    // A sleeping tenant's cost is its own: the processes it still has (none) and what its
+    // cgroup still holds (not the shift of shared pages' PSS onto the awake ones).
+    let procs = tenant_processes(&prefix);
+    let asleep: Vec<&String> = names.iter().skip(n - sleepers).collect();
+    let asleep_pss: u64 = asleep
+        .iter()
+        .filter_map(|t| procs.get(*t))
+        .map(|v| v.0)
+        .sum();
+    let asleep_cg: u64 = asleep.iter().map(|t| cgroup_memory(t)).sum();
+    let per_asleep = (asleep_pss as f64 * 1024.0 + asleep_cg as f64) / sleepers as f64;
     let cpu_per_awake = cpu_awake / n as f64;
     let mix_mem = AWAKE_SHARE * per_awake + (1.0 - AWAKE_SHARE) * per_asleep;
     let mix_cpu = AWAKE_SHARE * cpu_per_awake;
@@ -493,9 +519,11 @@ fn main() {
         cpu_per_awake
     );
     println!(
-        "| {awake_n} awake, {sleepers} asleep | {:.1} MiB | asleep: {:.2} MiB | {:.3} cores | |",
+        "| {awake_n} awake, {sleepers} asleep | {:.1} MiB | asleep: {:.3} MiB ({} processes, {:.0} KiB left in their cgroups) | {:.3} cores | |",
         mib(mem_mixed),
         mib(per_asleep),
+        asleep.iter().filter(|t| procs.contains_key(**t)).count(),
+        asleep_cg as f64 / 1024.0 / sleepers as f64,
         cpu_mixed
     );
     println!(
