@@ -134,8 +134,19 @@ fn replace_file(path: &Path, text: &str) -> Result<(), IdError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// The host's account files (`/etc/passwd` and `/etc/group` through useradd and userdel,
+/// `/etc/subuid`, `/etc/subgid`) are edited one at a time: tenants are created side by side
+/// under their own locks, and a read-modify-write of a shared file would lose a line (and
+/// useradd refuses while another holds its lock).
+static ACCOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn accounts() -> std::sync::MutexGuard<'static, ()> {
+    ACCOUNTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Records `user:base:RANGE` in a subid file unless it is already there; refuses overlaps.
 pub fn ensure_range(path: &Path, user: &str, base: u64) -> Result<(), IdError> {
+    let _accounts = accounts();
     let text = read_or_empty(path)?;
     let lines = parse_subid(&text);
     if lines
@@ -173,6 +184,7 @@ pub fn has_range(path: &Path, user: &str, base: u64) -> Result<bool, IdError> {
 
 /// Removes every line of `user` from a subid file; a missing line is not an error.
 pub fn remove_range(path: &Path, user: &str) -> Result<(), IdError> {
+    let _accounts = accounts();
     let text = read_or_empty(path)?;
     let kept: Vec<&str> = text
         .lines()
@@ -205,6 +217,7 @@ pub fn user_exists(user: &str) -> Result<bool, IdError> {
 
 /// Creates the tenant's system user (no home, no login) unless it exists.
 pub fn ensure_user(user: &str) -> Result<(), IdError> {
+    let _accounts = accounts();
     if user_exists(user)? {
         return Ok(());
     }
@@ -232,6 +245,7 @@ pub fn ensure_user(user: &str) -> Result<(), IdError> {
 
 /// Deletes the tenant's system user and its group; a missing user is not an error.
 pub fn remove_user(user: &str) -> Result<(), IdError> {
+    let _accounts = accounts();
     if !user_exists(user)? {
         return Ok(());
     }

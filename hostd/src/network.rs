@@ -213,13 +213,22 @@ impl Firewall {
     /// Creates hostd's top-level chains and hooks them first into INPUT, FORWARD and
     /// POSTROUTING; idempotent.
     pub fn ensure_base(&self) -> Result<(), NetError> {
+        // Host-wide chains under per-tenant locks: two tenants created at once would both
+        // find a chain missing and both create it (the VM tier's parallel creates did).
+        static BASE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _base = BASE.lock().unwrap_or_else(|p| p.into_inner());
         for (table, chain, hook) in [
             ("filter", FORWARD_CHAIN, "FORWARD"),
             ("filter", INPUT_CHAIN, "INPUT"),
             ("nat", NAT_CHAIN, "POSTROUTING"),
         ] {
             if !self.iptables(&Self::s(&["-t", table, "-nL", chain]))? {
-                self.must(&Self::s(&["-t", table, "-N", chain]))?;
+                // Another process (an operator's iptables run) may have made it meanwhile.
+                if let Err(e) = self.must(&Self::s(&["-t", table, "-N", chain])) {
+                    if !self.iptables(&Self::s(&["-t", table, "-nL", chain]))? {
+                        return Err(e);
+                    }
+                }
             }
             if !self.iptables(&Self::s(&["-t", table, "-C", hook, "-j", chain]))? {
                 self.must(&Self::s(&["-t", table, "-I", hook, "1", "-j", chain]))?;
