@@ -1,11 +1,15 @@
-//! What hostd reads to decide that a tenant is idle: per tenant, the connections open now
-//! (a long-lived WebSocket keeps its tenant awake) and when one last opened or closed, over
-//! :443 and :80 together. A route belongs to the tenant its `tenant` field names (hostd
-//! sets it), or to its own name.
+//! Per tenant, over :443 and :80 together: the connections open now and when one last
+//! opened or closed — what hostd reads to decide that a tenant is idle (a long-lived
+//! WebSocket keeps its tenant awake) — and the tenant's share of the proxy: at most
+//! `max_connections_per_tenant` open at once and `new_connections_per_second_per_tenant`
+//! admitted per second (a token bucket holding one second's worth), so one tenant's flood
+//! cannot take the connection table or the accept loop from the others. A route belongs to
+//! the tenant its `tenant` field names (hostd sets it), or to its own name.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -15,6 +19,40 @@ pub struct Counters {
     open: AtomicU64,
     /// Seconds since the epoch of the last open or close.
     last: AtomicU64,
+    /// New connections admitted this second: (tokens left, when last refilled).
+    bucket: Mutex<Option<(f64, Instant)>>,
+    /// When a refusal was last logged (seconds since the epoch), and refusals since.
+    logged: AtomicU64,
+    unlogged: AtomicU64,
+}
+
+/// A flood is logged once per tenant every this many seconds, with the count it stands for.
+const LOG_EVERY_SECS: u64 = 10;
+
+/// Which per-tenant limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantLimit {
+    /// `max_connections_per_tenant` open already.
+    Open(usize),
+    /// `new_connections_per_second_per_tenant` used up this second.
+    Rate(usize),
+}
+
+impl TenantLimit {
+    /// The limit's name in the routes file, for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TenantLimit::Open(_) => "max_connections_per_tenant",
+            TenantLimit::Rate(_) => "new_connections_per_second_per_tenant",
+        }
+    }
+
+    /// The limit's value.
+    pub fn max(&self) -> usize {
+        match self {
+            TenantLimit::Open(n) | TenantLimit::Rate(n) => *n,
+        }
+    }
 }
 
 /// What the admin socket's `activity` answers for one tenant.
@@ -52,12 +90,51 @@ impl Activity {
         Arc::clone(w.entry(tenant.to_owned()).or_default())
     }
 
-    /// Counts a connection of `tenant` open until the guard drops.
-    pub fn open(&self, tenant: &str) -> Open {
+    /// Admits a new connection of `tenant` within its limits, counted open until the guard
+    /// drops; a refused one is not counted (but is activity all the same).
+    pub fn admit(
+        &self,
+        tenant: &str,
+        max_open: usize,
+        per_second: usize,
+    ) -> Result<Open, TenantLimit> {
         let c = self.counters(tenant);
-        c.open.fetch_add(1, Ordering::Relaxed);
         c.last.store(now(), Ordering::Relaxed);
-        Open(c)
+        {
+            let mut b = c.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let rate = per_second as f64;
+            let (tokens, at) = b.get_or_insert((rate, Instant::now()));
+            let refill = at.elapsed().as_secs_f64() * rate;
+            *tokens = (*tokens + refill).min(rate);
+            *at = Instant::now();
+            if *tokens < 1.0 {
+                return Err(TenantLimit::Rate(per_second));
+            }
+            *tokens -= 1.0;
+        }
+        let open = c.open.fetch_add(1, Ordering::Relaxed);
+        if open >= max_open as u64 {
+            c.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(TenantLimit::Open(max_open));
+        }
+        Ok(Open(c))
+    }
+
+    /// Whether a refusal of `tenant` should be logged now: at most once every
+    /// `LOG_EVERY_SECS`, giving the refusals the line stands for (this one included).
+    pub fn log_refusal(&self, tenant: &str) -> Option<u64> {
+        let c = self.counters(tenant);
+        let n = c.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+        let t = now();
+        let last = c.logged.load(Ordering::Relaxed);
+        (t >= last + LOG_EVERY_SECS
+            && c.logged
+                .compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok())
+        .then(|| {
+            c.unlogged.fetch_sub(n, Ordering::Relaxed);
+            n
+        })
     }
 
     /// Every tenant seen since the proxy started.
@@ -95,11 +172,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tenant_gets_its_open_and_rate_limits_and_no_more() {
+        let a = Activity::default();
+        let first = a.admit("acme", 2, 100).unwrap();
+        let _second = a.admit("acme", 2, 100).unwrap();
+        assert_eq!(a.admit("acme", 2, 100).unwrap_err(), TenantLimit::Open(2));
+        assert!(
+            a.admit("beta", 2, 100).is_ok(),
+            "another tenant is not held back"
+        );
+        drop(first);
+        let _third = a.admit("acme", 2, 100).unwrap();
+        // A second's worth of new connections, then refused until the bucket refills.
+        let burst: Vec<_> = (0..5).map(|_| a.admit("flood", 1000, 5)).collect();
+        assert!(burst.iter().all(Result::is_ok));
+        assert_eq!(a.admit("flood", 1000, 5).unwrap_err(), TenantLimit::Rate(5));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert!(
+            a.admit("flood", 1000, 5).is_ok(),
+            "refilled at 5 per second"
+        );
+    }
+
+    #[test]
     fn open_connections_and_their_times_are_counted_per_tenant() {
         let a = Activity::default();
-        let one = a.open("acme");
-        let two = a.open("acme");
-        let _b = a.open("beta");
+        let one = a.admit("acme", 10, 10).unwrap();
+        let two = a.admit("acme", 10, 10).unwrap();
+        let _b = a.admit("beta", 10, 10).unwrap();
         assert_eq!(a.snapshot()["acme"].open, 2);
         drop(one);
         drop(two);

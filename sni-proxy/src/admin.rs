@@ -175,7 +175,7 @@ pub async fn serve_metrics(listener: TcpListener, state: Arc<State>) {
                             .metrics
                             .render(state.limiter.open(), state.routes.current().len());
                         Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
+                            .header("content-type", crate::metrics::CONTENT_TYPE)
                             .body(Full::new(Bytes::from(body)))
                     } else {
                         Response::builder()

@@ -80,7 +80,29 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
     let mut route = host.as_deref().and_then(|h| table.lookup(h).cloned());
     let limits = table.limits.clone();
     drop(table);
-    let _activity = route.as_ref().map(|r| state.activity.open(&r.tenant));
+    let _activity = match &route {
+        Some(r) => match state.activity.admit(
+            &r.tenant,
+            limits.max_connections_per_tenant,
+            limits.new_connections_per_second_per_tenant,
+        ) {
+            Ok(open) => Some(open),
+            Err(hit) => {
+                if let Some(n) = state.activity.log_refusal(&r.tenant) {
+                    warn!(target: "limit", limit = hit.label(), max = hit.max(), tenant = %r.tenant,
+                          refused = n, client = %peer, "limit hit: tenant request refused");
+                }
+                state.metrics.limit_hit(hit.label());
+                state.metrics.tenant_limit_hit(&r.tenant, hit.label());
+                state.metrics.http_request("tenant_limit", "refused");
+                return plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests for this site\n",
+                );
+            }
+        },
+        None => None,
+    };
     // A sleeping tenant's request waits for it to wake, as a :443 connection does.
     if let Some(r) = route.clone().filter(|r| r.asleep) {
         let held = state

@@ -1,213 +1,198 @@
-//! Prometheus metrics, kept in memory and rendered in the text exposition format.
+//! Prometheus metrics (the `prometheus-client` crate), rendered in the OpenMetrics text format.
+//! Names follow the host's one scheme, `m8trx_<component>_…`: here `m8trx_proxy_…` (hostd's
+//! are `m8trx_tenant_…`/`m8trx_hostd_…`, the broker's `m8trx_broker_…`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the ClientHello wait histogram.
 const HELLO_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
-#[derive(Debug, Default)]
-struct Labelled {
-    /// (route, outcome) → connections.
-    connections: BTreeMap<(String, &'static str), u64>,
-    /// route → (bytes up, bytes down).
-    bytes: BTreeMap<String, (u64, u64)>,
-    /// route → backend connect/relay errors.
-    backend_errors: BTreeMap<String, u64>,
-    /// limit → times hit.
-    limits: BTreeMap<&'static str, u64>,
-    /// (listener, outcome) → HTTP requests on :80.
-    http: BTreeMap<(&'static str, &'static str), u64>,
-    /// (tenant, outcome) → connections held for a sleeping tenant.
-    wakes: BTreeMap<(String, &'static str), u64>,
-}
+type Labels2 = [(&'static str, String); 2];
+type Labels1 = [(&'static str, String); 1];
 
 /// Every metric the proxy exports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    labelled: Mutex<Labelled>,
-    hello_buckets: [AtomicU64; HELLO_BUCKETS.len()],
-    hello_count: AtomicU64,
-    hello_sum_ns: AtomicU64,
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
+    registry: Registry,
+    connections: Family<Labels2, Counter>,
+    bytes: Family<Labels2, Counter>,
+    backend_errors: Family<Labels1, Counter>,
+    limits: Family<Labels1, Counter>,
+    tenant_limits: Family<Labels2, Counter>,
+    wakes: Family<Labels2, Counter>,
+    http: Family<Labels2, Counter>,
+    hello: Histogram,
+    open: Gauge,
+    routes: Gauge,
+    reloads: Family<Labels1, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            connections: Family::default(),
+            bytes: Family::default(),
+            backend_errors: Family::default(),
+            limits: Family::default(),
+            tenant_limits: Family::default(),
+            wakes: Family::default(),
+            http: Family::default(),
+            hello: Histogram::new(HELLO_BUCKETS),
+            open: Gauge::default(),
+            routes: Gauge::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "m8trx_proxy_connections",
+            "Finished :443 connections by route and outcome",
+            m.connections.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_bytes",
+            "Bytes relayed by route and direction (up: client to tenant)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_backend_errors",
+            "Failures to connect to or talk to a tenant backend, by route",
+            m.backend_errors.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_limit_hits",
+            "Connections refused or closed by a limit or timeout (client_hello_timeout among them)",
+            m.limits.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_tenant_limit_hits",
+            "Connections refused by a per-tenant limit",
+            m.tenant_limits.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_wake_holds",
+            "Connections held for a sleeping tenant, by how the hold ended",
+            m.wakes.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_http_requests",
+            "Requests on the plain HTTP listener by action and outcome",
+            m.http.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_client_hello_seconds",
+            "Time from accept to a complete, parsed ClientHello",
+            m.hello.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_open_connections",
+            ":443 connections open now",
+            m.open.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_routes",
+            "Routes in the table now",
+            m.routes.clone(),
+        );
+        registry.register(
+            "m8trx_proxy_reloads",
+            "Routes reloads by result",
+            m.reloads.clone(),
+        );
+        Self { registry, ..m }
+    }
 }
 
 impl Metrics {
-    fn with<F: FnOnce(&mut Labelled)>(&self, f: F) {
-        f(&mut self.labelled.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
     /// Records a finished :443 connection.
     pub fn connection(&self, route: &str, outcome: &'static str, up: u64, down: u64) {
-        self.with(|l| {
-            *l.connections
-                .entry((route.to_owned(), outcome))
-                .or_default() += 1;
-            let b = l.bytes.entry(route.to_owned()).or_default();
-            b.0 += up;
-            b.1 += down;
-        });
+        self.connections
+            .get_or_create(&[("route", route.to_owned()), ("outcome", outcome.to_owned())])
+            .inc();
+        for (direction, n) in [("up", up), ("down", down)] {
+            self.bytes
+                .get_or_create(&[
+                    ("route", route.to_owned()),
+                    ("direction", direction.to_owned()),
+                ])
+                .inc_by(n);
+        }
     }
 
     /// Records a failure to reach or talk to a backend.
     pub fn backend_error(&self, route: &str) {
-        self.with(|l| *l.backend_errors.entry(route.to_owned()).or_default() += 1);
+        self.backend_errors
+            .get_or_create(&[("route", route.to_owned())])
+            .inc();
     }
 
     /// Records a limit hit.
     pub fn limit_hit(&self, limit: &'static str) {
-        self.with(|l| *l.limits.entry(limit).or_default() += 1);
+        self.limits
+            .get_or_create(&[("limit", limit.to_owned())])
+            .inc();
+    }
+
+    /// Records a connection of `tenant` refused by the per-tenant `limit`.
+    pub fn tenant_limit_hit(&self, tenant: &str, limit: &'static str) {
+        self.tenant_limits
+            .get_or_create(&[("tenant", tenant.to_owned()), ("limit", limit.to_owned())])
+            .inc();
     }
 
     /// Records how a connection held for a sleeping tenant ended (woken, timed out, …).
     pub fn wake(&self, tenant: &str, outcome: &'static str) {
-        self.with(|l| *l.wakes.entry((tenant.to_owned(), outcome)).or_default() += 1);
+        self.wakes
+            .get_or_create(&[
+                ("tenant", tenant.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
     }
 
     /// Records a request on :80.
     pub fn http_request(&self, action: &'static str, outcome: &'static str) {
-        self.with(|l| *l.http.entry((action, outcome)).or_default() += 1);
+        self.http
+            .get_or_create(&[
+                ("action", action.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
     }
 
     /// Records how long a complete ClientHello took to arrive and parse.
     pub fn hello_time(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (i, le) in HELLO_BUCKETS.iter().enumerate() {
-            if s <= *le {
-                self.hello_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.hello_count.fetch_add(1, Ordering::Relaxed);
-        self.hello_sum_ns
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.hello.observe(d.as_secs_f64());
     }
 
     /// Records a routes reload attempt.
     pub fn reload(&self, ok: bool) {
-        let c = if ok {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&[("result", result.to_owned())])
+            .inc();
     }
 
-    /// Renders everything in the Prometheus text format; `open` and `routes` are gauges.
+    /// Renders everything in the OpenMetrics text format; `open` and `routes` are the
+    /// gauges' values now.
     pub fn render(&self, open: usize, routes: usize) -> String {
-        let mut o = String::new();
-        let l = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(
-            o,
-            "# HELP sni_proxy_connections_total Finished :443 connections by route and outcome."
-        );
-        let _ = writeln!(o, "# TYPE sni_proxy_connections_total counter");
-        for ((route, outcome), n) in &l.connections {
-            let _ = writeln!(
-                o,
-                "sni_proxy_connections_total{{route=\"{}\",outcome=\"{outcome}\"}} {n}",
-                esc(route)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP sni_proxy_bytes_total Bytes relayed by route and direction."
-        );
-        let _ = writeln!(o, "# TYPE sni_proxy_bytes_total counter");
-        for (route, (up, down)) in &l.bytes {
-            let r = esc(route);
-            let _ = writeln!(
-                o,
-                "sni_proxy_bytes_total{{route=\"{r}\",direction=\"up\"}} {up}"
-            );
-            let _ = writeln!(
-                o,
-                "sni_proxy_bytes_total{{route=\"{r}\",direction=\"down\"}} {down}"
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP sni_proxy_backend_errors_total Failures to connect to or talk to a backend."
-        );
-        let _ = writeln!(o, "# TYPE sni_proxy_backend_errors_total counter");
-        for (route, n) in &l.backend_errors {
-            let _ = writeln!(
-                o,
-                "sni_proxy_backend_errors_total{{route=\"{}\"}} {n}",
-                esc(route)
-            );
-        }
-        let _ = writeln!(o, "# HELP sni_proxy_limit_hits_total Connections refused or closed by a limit or timeout.");
-        let _ = writeln!(o, "# TYPE sni_proxy_limit_hits_total counter");
-        for (limit, n) in &l.limits {
-            let _ = writeln!(o, "sni_proxy_limit_hits_total{{limit=\"{limit}\"}} {n}");
-        }
-        let _ = writeln!(
-            o,
-            "# HELP sni_proxy_http_requests_total Requests on the plain HTTP listener."
-        );
-        let _ = writeln!(o, "# TYPE sni_proxy_http_requests_total counter");
-        for ((action, outcome), n) in &l.http {
-            let _ = writeln!(
-                o,
-                "sni_proxy_http_requests_total{{action=\"{action}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP sni_proxy_wake_holds_total Connections held for a sleeping tenant, by how the hold ended."
-        );
-        let _ = writeln!(o, "# TYPE sni_proxy_wake_holds_total counter");
-        for ((tenant, outcome), n) in &l.wakes {
-            let _ = writeln!(
-                o,
-                "sni_proxy_wake_holds_total{{tenant=\"{}\",outcome=\"{outcome}\"}} {n}",
-                esc(tenant)
-            );
-        }
-        drop(l);
-        let _ = writeln!(o, "# HELP sni_proxy_client_hello_seconds Time from accept to a complete, parsed ClientHello.");
-        let _ = writeln!(o, "# TYPE sni_proxy_client_hello_seconds histogram");
-        for (i, le) in HELLO_BUCKETS.iter().enumerate() {
-            let n = self.hello_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                o,
-                "sni_proxy_client_hello_seconds_bucket{{le=\"{le}\"}} {n}"
-            );
-        }
-        let count = self.hello_count.load(Ordering::Relaxed);
-        let sum = self.hello_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            o,
-            "sni_proxy_client_hello_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(o, "sni_proxy_client_hello_seconds_sum {sum}");
-        let _ = writeln!(o, "sni_proxy_client_hello_seconds_count {count}");
-        let _ = writeln!(
-            o,
-            "# HELP sni_proxy_open_connections :443 connections open now."
-        );
-        let _ = writeln!(o, "# TYPE sni_proxy_open_connections gauge");
-        let _ = writeln!(o, "sni_proxy_open_connections {open}");
-        let _ = writeln!(o, "# HELP sni_proxy_routes Routes in the table now.");
-        let _ = writeln!(o, "# TYPE sni_proxy_routes gauge");
-        let _ = writeln!(o, "sni_proxy_routes {routes}");
-        let _ = writeln!(
-            o,
-            "# HELP sni_proxy_reloads_total Routes reloads by result."
-        );
-        let _ = writeln!(o, "# TYPE sni_proxy_reloads_total counter");
-        let ok = self.reloads_ok.load(Ordering::Relaxed);
-        let failed = self.reloads_failed.load(Ordering::Relaxed);
-        let _ = writeln!(o, "sni_proxy_reloads_total{{result=\"ok\"}} {ok}");
-        let _ = writeln!(o, "sni_proxy_reloads_total{{result=\"failed\"}} {failed}");
-        o
+        self.open.set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.routes.set(i64::try_from(routes).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
     }
 }
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
@@ -219,15 +204,23 @@ mod tests {
         m.connection("a.example.com", "closed", 10, 20);
         m.connection("a.example.com", "closed", 1, 2);
         m.limit_hit("max_connections_per_ip");
-        m.hello_time(Duration::from_millis(2));
-        let t = m.render(3, 1);
-        assert!(
-            t.contains("sni_proxy_connections_total{route=\"a.example.com\",outcome=\"closed\"} 2")
-        );
-        assert!(t.contains("sni_proxy_bytes_total{route=\"a.example.com\",direction=\"down\"} 22"));
-        assert!(t.contains("sni_proxy_limit_hits_total{limit=\"max_connections_per_ip\"} 1"));
-        assert!(t.contains("sni_proxy_client_hello_seconds_bucket{le=\"0.001\"} 0"));
-        assert!(t.contains("sni_proxy_client_hello_seconds_bucket{le=\"0.005\"} 1"));
-        assert!(t.contains("sni_proxy_open_connections 3"));
+        m.hello_time(Duration::from_micros(300));
+        m.reload(true);
+        m.wake("acme", "woken");
+        let text = m.render(3, 7);
+        for want in [
+            r#"m8trx_proxy_connections_total{route="a.example.com",outcome="closed"} 2"#,
+            r#"m8trx_proxy_bytes_total{route="a.example.com",direction="up"} 11"#,
+            r#"m8trx_proxy_bytes_total{route="a.example.com",direction="down"} 22"#,
+            r#"m8trx_proxy_limit_hits_total{limit="max_connections_per_ip"} 1"#,
+            r#"m8trx_proxy_client_hello_seconds_bucket{le="0.0005"} 1"#,
+            r#"m8trx_proxy_client_hello_seconds_count 1"#,
+            r#"m8trx_proxy_open_connections 3"#,
+            r#"m8trx_proxy_routes 7"#,
+            r#"m8trx_proxy_reloads_total{result="ok"} 1"#,
+            r#"m8trx_proxy_wake_holds_total{tenant="acme",outcome="woken"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
     }
 }

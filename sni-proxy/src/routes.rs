@@ -124,6 +124,11 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Time to establish the TCP connection to a backend, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Connections (:443 and :80) open at once for one tenant, over all its names.
+    pub max_connections_per_tenant: usize,
+    /// New connections (:443 and :80) admitted per second for one tenant (a burst of one
+    /// second's worth).
+    pub new_connections_per_second_per_tenant: usize,
     /// Connections held at once for one sleeping tenant while it wakes; more are closed.
     pub wake_queue_per_tenant: usize,
     /// How long a held connection waits for its tenant to wake, in milliseconds.
@@ -139,6 +144,8 @@ impl Default for Limits {
             client_hello_timeout_ms: 5_000,
             idle_timeout_secs: 600,
             connect_timeout_ms: 3_000,
+            max_connections_per_tenant: 2_000,
+            new_connections_per_second_per_tenant: 500,
             wake_queue_per_tenant: 64,
             wake_timeout_ms: 15_000,
         }
@@ -272,6 +279,14 @@ impl RouteTable {
             ("client_hello_timeout_ms", l.client_hello_timeout_ms),
             ("idle_timeout_secs", l.idle_timeout_secs),
             ("connect_timeout_ms", l.connect_timeout_ms),
+            (
+                "max_connections_per_tenant",
+                l.max_connections_per_tenant as u64,
+            ),
+            (
+                "new_connections_per_second_per_tenant",
+                l.new_connections_per_second_per_tenant as u64,
+            ),
             ("wake_queue_per_tenant", l.wake_queue_per_tenant as u64),
             ("wake_timeout_ms", l.wake_timeout_ms),
         ] {

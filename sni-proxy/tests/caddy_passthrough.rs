@@ -108,10 +108,10 @@ fn curl_and_openssl_see_the_tenant_cert_and_caddy_sees_the_client() {
     // Metrics count these connections by route.
     let m = proxy.metrics_text();
     assert!(
-        m.contains("sni_proxy_connections_total{route=\"acme.test\""),
+        m.contains("m8trx_proxy_connections_total{route=\"acme.test\""),
         "{m}"
     );
-    assert!(m.contains("sni_proxy_client_hello_seconds_count"), "{m}");
+    assert!(m.contains("m8trx_proxy_client_hello_seconds_count"), "{m}");
 }
 
 #[test]
@@ -230,7 +230,7 @@ fn unknown_and_missing_sni_garbage_and_slow_clients_are_closed() {
     assert!(caddy.access_lines().is_empty(), "Caddy saw a request");
     let m = proxy.metrics_text();
     assert!(
-        m.contains("sni_proxy_limit_hits_total{limit=\"client_hello_timeout\"} 1"),
+        m.contains("m8trx_proxy_limit_hits_total{limit=\"client_hello_timeout\"} 1"),
         "{m}"
     );
     assert!(m.contains("outcome=\"unknown_sni\"} 1"), "{m}");

@@ -159,7 +159,7 @@ fn reload_by_file_sighup_and_admin_leaves_a_long_download_intact() {
     assert!(got == want, "downloaded bytes differ from the served file");
     let m = proxy.metrics_text();
     assert!(
-        m.contains("sni_proxy_reloads_total{result=\"failed\"} 1"),
+        m.contains("m8trx_proxy_reloads_total{result=\"failed\"} 1"),
         "{m}"
     );
 }
@@ -301,7 +301,9 @@ fn connection_limits_and_timeouts_each_log_one_line() {
         "connect_timeout",
     ] {
         assert!(
-            m.contains(&format!("sni_proxy_limit_hits_total{{limit=\"{limit}\"}}")),
+            m.contains(&format!(
+                "m8trx_proxy_limit_hits_total{{limit=\"{limit}\"}}"
+            )),
             "{limit}: {m}"
         );
     }
@@ -347,7 +349,7 @@ fn port_80_serves_acme_challenges_and_redirects_the_rest() {
     );
     let m = proxy.metrics_text();
     assert!(
-        m.contains("sni_proxy_http_requests_total{action=\"acme\",outcome=\"ok\"} 1"),
+        m.contains("m8trx_proxy_http_requests_total{action=\"acme\",outcome=\"ok\"} 1"),
         "{m}"
     );
 }

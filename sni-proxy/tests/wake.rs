@@ -126,9 +126,9 @@ fn a_sleeping_tenant_is_woken_and_its_held_connection_forwarded() {
     }
     let metrics = proxy.metrics_text();
     for want in [
-        r#"sni_proxy_wake_holds_total{tenant="sleepy",outcome="woken"} 1"#,
-        r#"sni_proxy_wake_holds_total{tenant="sleepy",outcome="wake_queue_full"} 1"#,
-        r#"sni_proxy_wake_holds_total{tenant="sleepy",outcome="wake_timeout"} 2"#,
+        r#"m8trx_proxy_wake_holds_total{tenant="sleepy",outcome="woken"} 1"#,
+        r#"m8trx_proxy_wake_holds_total{tenant="sleepy",outcome="wake_queue_full"} 1"#,
+        r#"m8trx_proxy_wake_holds_total{tenant="sleepy",outcome="wake_timeout"} 2"#,
     ] {
         assert!(metrics.contains(want), "{want} missing:\n{metrics}");
     }

@@ -1,0 +1,112 @@
+//! One tenant's share of the proxy: at most `max_connections_per_tenant` open and
+//! `new_connections_per_second_per_tenant` admitted per second, over all its names, while
+//! another tenant is admitted as usual; a flood is logged once (with its count), and each
+//! refusal is counted per tenant.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+fn routes(backend: u16, open: usize, rate: usize) -> String {
+    format!(
+        "[limits]\nmax_connections_per_tenant = {open}\nnew_connections_per_second_per_tenant = {rate}\n\
+         [[route]]\nsni = \"a.busy.test\"\nbackend = \"127.0.0.1:{backend}\"\ntenant = \"busy\"\n\
+         [[route]]\nsni = \"b.busy.test\"\nbackend = \"127.0.0.1:{backend}\"\ntenant = \"busy\"\n\
+         [[route]]\nsni = \"calm.test\"\nbackend = \"127.0.0.1:{backend}\"\ntenant = \"calm\"\n"
+    )
+}
+
+/// A connection that sent its ClientHello for `name`.
+fn hello(proxy: &Proxy, record: &[u8]) -> TcpStream {
+    let mut c = TcpStream::connect(proxy.tls).unwrap();
+    c.write_all(record).unwrap();
+    c
+}
+
+/// Accepts (and keeps) every connection the proxy makes to the backend.
+fn backend() -> (u16, std::sync::mpsc::Receiver<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            if tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_tenant_gets_its_share_of_open_connections_over_all_its_names() {
+    let dir = TempDir::new("tenant-open");
+    let (port, accepted) = backend();
+    let proxy = Proxy::start(&dir, &routes(port, 2, 1000), &[]);
+    let (a, b, calm) = (
+        capture_client_hello("a.busy.test"),
+        capture_client_hello("b.busy.test"),
+        capture_client_hello("calm.test"),
+    );
+    let _one = hello(&proxy, &a);
+    let _two = hello(&proxy, &b);
+    // Held open: a backend that closed would end the relays and free the tenant's share.
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| accepted.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    let mut three = hello(&proxy, &a);
+    assert!(
+        closed_within(&mut three, Duration::from_secs(2)),
+        "a third connection of the same tenant is refused"
+    );
+    let _other = hello(&proxy, &calm);
+    accepted
+        .recv_timeout(Duration::from_secs(5))
+        .expect("another tenant is admitted as usual");
+    let m = proxy.metrics_text();
+    assert!(
+        m.contains(r#"m8trx_proxy_tenant_limit_hits_total{tenant="busy",limit="max_connections_per_tenant"} 1"#),
+        "{m}"
+    );
+    assert!(proxy
+        .proc
+        .log()
+        .contains("limit hit: tenant connection refused"));
+}
+
+#[test]
+fn a_flood_of_new_connections_is_cut_to_the_tenants_rate_and_logged_once() {
+    let dir = TempDir::new("tenant-rate");
+    let (port, accepted) = backend();
+    let proxy = Proxy::start(&dir, &routes(port, 1000, 5), &[]);
+    let a = capture_client_hello("a.busy.test");
+    let conns: Vec<TcpStream> = (0..40).map(|_| hello(&proxy, &a)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut admitted = 0;
+    while accepted.try_recv().is_ok() {
+        admitted += 1;
+    }
+    assert!(
+        (5..=10).contains(&admitted),
+        "about a second's worth (5) of 40 admitted, got {admitted}"
+    );
+    let log = proxy.proc.log();
+    assert_eq!(
+        log.matches("limit hit: tenant connection refused").count(),
+        1,
+        "one line for the flood:\n{log}"
+    );
+    let m = proxy.metrics_text();
+    let refused = m
+        .lines()
+        .find(|l| l.starts_with(r#"m8trx_proxy_tenant_limit_hits_total{tenant="busy",limit="new_connections_per_second_per_tenant"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .unwrap();
+    assert_eq!(refused + admitted, 40, "{m}");
+    drop(conns);
+}
