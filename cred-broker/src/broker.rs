@@ -96,6 +96,7 @@ pub struct Broker {
     registry: RwLock<Registry>,
     cache: CredentialCache,
     metrics: Arc<Metrics>,
+    gate: Arc<crate::limits::Gate>,
 }
 
 fn error_answer(status: u16, code: &'static str, message: String, outcome: Outcome) -> Answer {
@@ -116,7 +117,19 @@ impl Broker {
             registry: RwLock::new(Registry::new()),
             cache: CredentialCache::new(source, policy, metrics.clone()),
             metrics,
+            gate: Arc::new(crate::limits::Gate::new(crate::limits::Limits::default())),
         }
+    }
+
+    /// The same broker with `limits` on connections and requests instead of the defaults.
+    pub fn with_limits(mut self, limits: crate::limits::Limits) -> Self {
+        self.gate = Arc::new(crate::limits::Gate::new(limits));
+        self
+    }
+
+    /// Each tenant's share of the broker: what admits connections and requests.
+    pub fn gate(&self) -> &Arc<crate::limits::Gate> {
+        &self.gate
     }
 
     /// The broker's counters.
@@ -279,9 +292,29 @@ impl Broker {
         };
         audit.tenant = who.tenant.name.to_string();
         audit.token_id = who.token_id.clone();
+        if !self.gate.request(&audit.tenant) {
+            let per_second = self.gate.limits().requests_per_second;
+            if let Some(n) = self.gate.log_refusal(&audit.tenant) {
+                tracing::warn!(target: "limit", limit = "requests_per_second_per_tenant", max = per_second,
+                    tenant = %audit.tenant, refused = n, "limit hit: tenant credentials request refused");
+            }
+            return finish(
+                audit,
+                error_answer(
+                    429,
+                    "TooManyRequests",
+                    format!(
+                        "this tenant asked for credentials more than {per_second} times in a second; \
+                         the SDK's cached credentials stay valid, retry shortly"
+                    ),
+                    Outcome::RateLimited,
+                ),
+            );
+        }
         match self.cache.get(who.tenant.clone()).await {
             Ok(served) => {
                 audit.cache = served.cache.as_str();
+                self.metrics.served(&audit.tenant, audit.cache);
                 audit.sts_latency = served.sts_latency;
                 let c = &served.credentials;
                 let body = CredentialsBody {

@@ -101,6 +101,16 @@ struct ServeArgs {
     /// After a failed STS call, answer 503 without a new call for this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     retry_after_failure_ms: u64,
+    /// Credentials connections open at once, all tenants together; more are closed at once.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Credentials connections open at once from one tenant network (/24); more are closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_network: u64,
+    /// Credentials requests per second per tenant (a second's worth may come at once); more
+    /// get 429 (SDKs keep their cached credentials and retry).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    requests_per_second_per_tenant: u32,
 }
 
 #[derive(Subcommand)]
@@ -203,7 +213,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         min_remaining: Duration::from_secs(args.min_remaining_secs),
         retry_after_failure: Duration::from_millis(args.retry_after_failure_ms),
     };
-    let broker = Arc::new(Broker::new(Arc::new(source), policy));
+    let limits = cred_broker::limits::Limits {
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_network: usize::try_from(args.max_connections_per_network)
+            .unwrap_or(usize::MAX),
+        requests_per_second: args.requests_per_second_per_tenant,
+    };
+    let broker = Arc::new(Broker::new(Arc::new(source), policy).with_limits(limits));
 
     let creds = tokio::net::TcpListener::bind(args.listen)
         .await

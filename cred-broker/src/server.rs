@@ -120,9 +120,22 @@ pub async fn serve_credentials(listener: TcpListener, broker: Arc<Broker>) {
                 continue;
             }
         };
+        let admitted = match broker.gate().connect(peer.ip()) {
+            Ok(a) => a,
+            Err(refused) => {
+                let network = crate::limits::network(peer.ip()).to_string();
+                if let Some(n) = broker.gate().log_refusal(&network) {
+                    tracing::warn!(target: "limit", limit = refused.label(), client = %peer, refused = n,
+                        "limit hit: credentials connection refused");
+                }
+                broker.metrics().connection_refused(refused.label());
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let broker = broker.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             let svc = service_fn(move |req| {
                 let broker = broker.clone();
                 async move { Ok::<_, Infallible>(credentials_request(broker, req, peer.ip()).await) }
@@ -152,7 +165,7 @@ pub async fn serve_metrics(listener: TcpListener, broker: Arc<Broker>) {
                 let broker = broker.clone();
                 async move {
                     Ok::<_, Infallible>(if req.uri().path() == "/metrics" {
-                        respond(200, "text/plain; version=0.0.4", broker.render_metrics())
+                        respond(200, crate::metrics::CONTENT_TYPE, broker.render_metrics())
                     } else {
                         json_error(404, "NotFound", "the only endpoint is GET /metrics".into())
                     })
@@ -248,7 +261,7 @@ async fn admin_request(broker: Arc<Broker>, req: Request<Incoming>) -> Response<
     let method = req.method().clone();
     let resp = match (&method, segs.as_slice()) {
         (&Method::GET, ["metrics"]) => {
-            respond(200, "text/plain; version=0.0.4", broker.render_metrics())
+            respond(200, crate::metrics::CONTENT_TYPE, broker.render_metrics())
         }
         (&Method::GET, ["healthz"]) => respond(200, "text/plain", "ok\n".into()),
         (&Method::GET, ["v1", "tenants"]) => json(200, &broker.list()),

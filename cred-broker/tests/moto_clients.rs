@@ -312,7 +312,14 @@ async fn refusals_have_their_status_json_code_audit_line_and_metric() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_rotation_under_load_never_answers_401() {
-    let broker = Broker::start(lo(), &env("M8TRX_MOTO_ENDPOINT"), &[]).await;
+    // The client below asks as fast as it can: the per-tenant rate limit (its own test)
+    // is lifted so that every answer is about the rotation.
+    let broker = Broker::start(
+        lo(),
+        &env("M8TRX_MOTO_ENDPOINT"),
+        &["--requests-per-second-per-tenant", "1000000"],
+    )
+    .await;
     let (file, _) = broker
         .onboard(&tenant("acme", "127.0.0.0/8"), Duration::from_secs(3600))
         .await;
@@ -366,7 +373,14 @@ async fn token_rotation_under_load_never_answers_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_first_requests_make_one_assume_role() {
-    let broker = Broker::start(lo(), &env("M8TRX_MOTO_ENDPOINT"), &[]).await;
+    // Coalescing is the subject here: the tenant's request rate (100/s by default, its own
+    // test below) is raised above the burst.
+    let broker = Broker::start(
+        lo(),
+        &env("M8TRX_MOTO_ENDPOINT"),
+        &["--requests-per-second-per-tenant", "1000"],
+    )
+    .await;
     let (_, token) = broker
         .onboard(&tenant("burst", "127.0.0.0/8"), Duration::from_secs(3600))
         .await;
@@ -570,4 +584,91 @@ async fn admin_cli_registers_mints_into_a_token_file_lists_and_revokes() {
         ok && out.contains("m8trx_broker_requests_total{tenant=\"acme\",outcome=\"ok\"} 1"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_share_is_refused_while_the_others_are_served() {
+    let broker = Broker::start(
+        lo(),
+        &env("M8TRX_MOTO_ENDPOINT"),
+        &[
+            "--requests-per-second-per-tenant",
+            "5",
+            "--max-connections-per-network",
+            "3",
+        ],
+    )
+    .await;
+    let (_, flood) = broker
+        .onboard(&tenant("flood", "127.0.0.0/8"), Duration::from_secs(3600))
+        .await;
+    let (_, calm) = broker
+        .onboard(&tenant("calm", "127.0.0.0/8"), Duration::from_secs(3600))
+        .await;
+    // Twenty requests at once from one tenant: a second's worth served, the rest 429.
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let (s, b) = get(
+            broker.addr,
+            "/v1/credentials",
+            Some(flood.expose_secret()),
+            None,
+        )
+        .await;
+        if s == 429 {
+            assert_eq!(b["code"], "TooManyRequests", "{b}");
+        }
+        codes.push(s);
+    }
+    let ok = codes.iter().filter(|s| **s == 200).count();
+    assert!((5..=7).contains(&ok), "about 5 of 20 served: {codes:?}");
+    assert_eq!(ok + codes.iter().filter(|s| **s == 429).count(), 20);
+    let (s, _) = get(
+        broker.addr,
+        "/v1/credentials",
+        Some(calm.expose_secret()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "another tenant keeps being served");
+    assert_eq!(
+        broker
+            .metric("m8trx_broker_requests_total{tenant=\"flood\",outcome=\"rate_limited\"}")
+            .await,
+        (20 - ok) as f64
+    );
+    assert_eq!(
+        broker
+            .log_text()
+            .matches("limit hit: tenant credentials request refused")
+            .count(),
+        1,
+        "one log line for the flood"
+    );
+    // Connections: three idle ones from this network fill its share; the fourth is closed.
+    let idle: Vec<tokio::net::TcpStream> =
+        futures_util::future::join_all((0..3).map(|_| tokio::net::TcpStream::connect(broker.addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut fourth, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection is closed at once: {read:?}"
+    );
+    assert!(
+        broker
+            .metric("m8trx_broker_connections_refused_total{limit=\"max_connections_per_network\"}")
+            .await
+            >= 1.0
+    );
+    drop(idle);
 }
