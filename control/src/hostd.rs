@@ -363,6 +363,8 @@ mod tests {
                 disk: ByteSize(30 << 30),
                 io_read: m8trx_spec::tenant::DEFAULT_IO_READ,
                 io_write: m8trx_spec::tenant::DEFAULT_IO_WRITE,
+                egress: m8trx_spec::tenant::DEFAULT_EGRESS,
+                ingress: m8trx_spec::tenant::DEFAULT_INGRESS,
             },
             volume: VolumeSource::Ebs("vol-0123456789abcdef0".into()),
             role: Role {

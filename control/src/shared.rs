@@ -78,6 +78,8 @@ pub fn tenant_spec(
             disk: ByteSize(u64::try_from(spec.volume_size_gb).unwrap_or(0) << 30),
             io_read: tenant::DEFAULT_IO_READ,
             io_write: tenant::DEFAULT_IO_WRITE,
+            egress: tenant::DEFAULT_EGRESS,
+            ingress: tenant::DEFAULT_INGRESS,
         },
         volume,
         role: tenant::Role {

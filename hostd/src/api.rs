@@ -61,6 +61,34 @@ pub async fn supervise(d: Arc<Daemon>, every: std::time::Duration) {
     }
 }
 
+/// Serves hostd's Prometheus metrics (`GET /metrics`) on `listener` until the future is
+/// dropped; per-tenant readings are refreshed in the background.
+pub async fn serve_metrics(
+    d: Arc<Daemon>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    tokio::spawn(crate::metrics::keep_fresh(Arc::clone(&d)));
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(d): State<Arc<Daemon>>| async move {
+                match d.host.metrics.render() {
+                    Ok(text) => (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(_) => error(ErrorKind::Failed, "encoding the metrics failed"),
+                }
+            }),
+        )
+        .with_state(d);
+    axum::serve(listener, app).await
+}
+
 /// The API routes.
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()

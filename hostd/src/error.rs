@@ -75,6 +75,9 @@ pub enum StepError {
     /// The firewall chains.
     #[error(transparent)]
     Firewall(#[from] crate::network::NetError),
+    /// tc or ip refused a bandwidth rule.
+    #[error(transparent)]
+    Shaping(#[from] crate::shaping::ShapingError),
     /// The credential broker's admin API.
     #[error("credential broker: {0}")]
     Broker(#[from] cred_broker::AdminError),

@@ -167,7 +167,10 @@ impl Host {
             }
             _ => {}
         }
-        let doc = steps::deploy::prepared(self, &rec, &bundle).map_err(HostError::Refused)?;
+        let doc = steps::deploy::prepared(self, &rec, &bundle).map_err(|e| {
+            self.metrics.deployed(name, "refused");
+            HostError::Refused(e)
+        })?;
         // A frozen or sleeping tenant is woken to take its new revision.
         if rec.power != crate::record::Power::Active {
             self.wake_locked(&mut rec, progress).await?;
@@ -201,10 +204,13 @@ impl Host {
                 rec: &mut rec,
                 progress,
             };
-            steps::deploy_compose(&mut run, &docker, &doc, &bundle)
-                .await
-                .map_err(HostError::step(name, StepKind::Deploy))?
+            let result = steps::deploy_compose(&mut run, &docker, &doc, &bundle).await;
+            self.metrics
+                .deployed(name, if result.is_ok() { "ok" } else { "failed" });
+            result.map_err(HostError::step(name, StepKind::Deploy))?
         };
+        // New networks of the file get the tenant's bandwidth limits before traffic.
+        self.run_up(&mut rec, StepKind::Bandwidth, progress).await?;
         self.run_up(&mut rec, StepKind::Routes, progress).await?;
         Ok((rec, started))
     }
@@ -389,6 +395,18 @@ impl Host {
         let running = r.desired == Desired::Present
             && r.power == crate::record::Power::Active
             && r.done.contains(&StepKind::Engine);
+        if running && r.done.contains(&StepKind::Bandwidth) {
+            // A container its engine restarted has a new, unshaped veth.
+            let (fw, slot) = (self.cfg.firewall.clone(), r.slot);
+            let shaped = steps::blocking(move || crate::shaping::shape_new_ports(&fw, slot))
+                .await
+                .map_err(|e| (StepKind::Bandwidth, e))?;
+            if shaped > 0 {
+                progress(format!(
+                    "{name}: bandwidth: {shaped} new container port(s) shaped"
+                ));
+            }
+        }
         if !running || crate::engine::Engine::adopt(self.engine_config(r)).is_some() {
             return Ok(());
         }

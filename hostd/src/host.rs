@@ -89,6 +89,8 @@ pub struct Host {
     /// When an operator last acted on each tenant (seconds since the epoch): the idle
     /// policy counts it as activity, so a tenant being worked on is not put to sleep.
     touched: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// What hostd exports to Prometheus (`--metrics-listen`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Host {
@@ -120,6 +122,7 @@ impl Host {
             slots: tokio::sync::Mutex::new(()),
             nofile_ceiling,
             touched: Default::default(),
+            metrics: Default::default(),
         })
     }
 

@@ -111,9 +111,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
         /// Seconds between checks that every running tenant's engine is alive (a dead one
-        /// is restarted; its containers survive through live-restore).
+        /// is restarted; its containers survive through live-restore) and that a container
+        /// its engine restarted is bandwidth-shaped.
         #[arg(long, default_value_t = 5)]
         supervise_interval: u64,
+        /// Address serving hostd's Prometheus metrics at /metrics (per-tenant CPU, memory,
+        /// io, network, containers, power state, deploys; see hostd/README.md); none when not
+        /// given. A local address: the series name every tenant.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// Seconds between idle checks: each tenant's activity through sni-proxy and its CPU
         /// are sampled, and its spec's `idle` policy (freeze, sleep, `wake_at`) applied.
         /// Needs --proxy-admin (without the proxy nothing could wake a tenant, so none sleeps
@@ -306,6 +312,7 @@ fn main() -> ExitCode {
             log_format,
             supervise_interval,
             idle_interval,
+            metrics_listen,
         } => {
             // Diagnostics on stderr (the journal takes both streams; stdout stays free).
             let sub = tracing_subscriber::fmt()
@@ -353,7 +360,11 @@ fn main() -> ExitCode {
             });
             let aws = (secrets == SecretsFrom::Ssm).then_some((aws_endpoint, aws_region, host));
             let idle_every = std::time::Duration::from_secs(idle_interval);
-            match rt.block_on(serve(cfg, socket, every, idle_every, aws, tailscale)) {
+            let timing = Timing {
+                supervise: every,
+                idle: idle_every,
+            };
+            match rt.block_on(serve(cfg, socket, timing, metrics_listen, aws, tailscale)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -373,14 +384,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// How often the daemon's background loops run.
+struct Timing {
+    supervise: std::time::Duration,
+    idle: std::time::Duration,
+}
+
 async fn serve(
     cfg: HostConfig,
     socket: PathBuf,
-    every: std::time::Duration,
-    idle_every: std::time::Duration,
+    timing: Timing,
+    metrics_listen: Option<std::net::SocketAddr>,
     aws: Option<(Option<String>, String, String)>,
     tailscale: Option<hostd::tailscale::TailscaleConfig>,
 ) -> anyhow::Result<()> {
+    // Bound before anything else: a wrong address stops hostd at once, with its reason.
+    let metrics = match metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics address {addr}"))?,
+        ),
+        None => None,
+    };
     let mut host = Host::open(cfg).context("opening hostd's state store")?;
     if let Some((endpoint, region, host_id)) = aws {
         let source = hostd::secrets::SecretsSource::new(endpoint, region, host_id)
@@ -400,9 +426,18 @@ async fn serve(
     }
     tracing::info!(socket = %socket.display(), tenants_with_errors = errors.len(), "serving");
     let daemon = hostd::api::Daemon::new(host);
-    tokio::spawn(hostd::api::supervise(daemon.clone(), every));
+    tokio::spawn(hostd::api::supervise(daemon.clone(), timing.supervise));
+    if let Some(listener) = metrics {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics at /metrics");
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hostd::api::serve_metrics(d, listener).await {
+                tracing::error!("metrics listener stopped: {e}");
+            }
+        });
+    }
     if daemon.host().cfg().proxy_admin.is_some() {
-        tokio::spawn(hostd::idle::watch(daemon.clone(), idle_every));
+        tokio::spawn(hostd::idle::watch(daemon.clone(), timing.idle));
         tokio::spawn(hostd::idle::listen_for_wakes(daemon.clone()));
     } else {
         tracing::warn!("no --proxy-admin: no tenant is frozen or put to sleep on its own");

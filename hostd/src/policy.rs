@@ -1106,6 +1106,8 @@ mod tests {
             disk: ByteSize(1 << 30),
             io_read: m8trx_spec::tenant::DEFAULT_IO_READ,
             io_write: m8trx_spec::tenant::DEFAULT_IO_WRITE,
+            egress: m8trx_spec::tenant::DEFAULT_EGRESS,
+            ingress: m8trx_spec::tenant::DEFAULT_INGRESS,
         }
     }
 

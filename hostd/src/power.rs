@@ -194,6 +194,7 @@ impl Host {
             }
         }
         self.settle_power(&mut rec)?;
+        self.metrics.power_changed(name, target);
         progress(format!("{name}: {}", word(target)));
         Ok(Idled::Done(rec))
     }
@@ -238,6 +239,7 @@ impl Host {
             // Asleep, or a wake a crash interrupted: the whole way.
             _ => self.start_again(rec, progress).await,
         };
+        self.metrics.woke(&name, from, woke.is_ok());
         if let Err(e) = woke {
             tracing::error!(tenant = %name, error = %e, "wake failed; the tenant goes back to sleep");
             rec.wake_error = Some(e.to_string());
@@ -257,6 +259,7 @@ impl Host {
             return Err(e);
         }
         self.settle_power(rec)?;
+        self.metrics.power_changed(&name, Power::Active);
         progress(format!("{name}: awake"));
         Ok(())
     }

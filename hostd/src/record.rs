@@ -9,10 +9,11 @@ use crate::spec::TenantSpec;
 use crate::steps::StepKind;
 
 /// Where the tenant is going; reconciliation continues in this direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Desired {
     /// Provisioned and running.
+    #[default]
     Present,
     /// Provisioned, containers and engine stopped; everything kept (`hostd ctl stop`).
     Stopped,

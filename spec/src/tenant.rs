@@ -54,6 +54,8 @@ impl Template {
             disk: ByteSize(disk),
             io_read: DEFAULT_IO_READ,
             io_write: DEFAULT_IO_WRITE,
+            egress: DEFAULT_EGRESS,
+            ingress: DEFAULT_INGRESS,
         }
     }
 }
@@ -87,12 +89,33 @@ pub struct Limits {
     /// Write bandwidth on the tenant volume's device, per second (io.max wbps); default 50Mi.
     #[serde(default = "default_io_write")]
     pub io_write: ByteSize,
+    /// Bytes per second the tenant's containers may send out of their networks (to the
+    /// world, to sni-proxy's clients, to the broker), all networks together; default 10Mi.
+    #[serde(default = "default_egress")]
+    pub egress: ByteSize,
+    /// Bytes per second that may reach the tenant's containers from outside their networks,
+    /// all networks together; default 20Mi.
+    #[serde(default = "default_ingress")]
+    pub ingress: ByteSize,
 }
 
 /// Read bandwidth a tenant gets when its spec names none.
 pub const DEFAULT_IO_READ: ByteSize = ByteSize(100 * MIB);
 /// Write bandwidth a tenant gets when its spec names none.
 pub const DEFAULT_IO_WRITE: ByteSize = ByteSize(50 * MIB);
+
+/// Egress bandwidth a tenant gets when its spec names none.
+pub const DEFAULT_EGRESS: ByteSize = ByteSize(10 * MIB);
+/// Ingress bandwidth a tenant gets when its spec names none.
+pub const DEFAULT_INGRESS: ByteSize = ByteSize(20 * MIB);
+
+fn default_egress() -> ByteSize {
+    DEFAULT_EGRESS
+}
+
+fn default_ingress() -> ByteSize {
+    DEFAULT_INGRESS
+}
 
 fn default_io_read() -> ByteSize {
     DEFAULT_IO_READ
@@ -266,6 +289,8 @@ impl TenantSpec {
         for (field, v) in [
             ("limits.io_read", l.io_read),
             ("limits.io_write", l.io_write),
+            ("limits.egress", l.egress),
+            ("limits.ingress", l.ingress),
         ] {
             if v.0 < MIB {
                 return Err(err(

@@ -20,11 +20,14 @@
 //! Own code rather than youki's `libcgroups`: we manage a tenant envelope that dockerd fills,
 //! never containers, and we need a root we can point at a fixture tree to test the layouts.
 
+pub use stats::Stats;
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 mod freezer;
+mod stats;
 pub mod systemd;
 mod v1;
 mod v2;

@@ -15,6 +15,7 @@ use crate::error::StepError;
 use crate::host::Host;
 use crate::record::Record;
 
+mod bandwidth;
 mod broker;
 mod cgroup;
 pub(crate) mod deploy;
@@ -55,12 +56,14 @@ pub enum StepKind {
     Engine,
     /// Its containers: the recorded compose file deployed, stopped ones started again.
     Deploy,
+    /// Its bandwidth: every one of its bridges through its egress and ingress buckets.
+    Bandwidth,
     /// Its public routes in sni-proxy, present only while it serves.
     Routes,
 }
 
 /// Every step, in creation order.
-pub const STEPS: [StepKind; 11] = [
+pub const STEPS: [StepKind; 12] = [
     StepKind::User,
     StepKind::IdRanges,
     StepKind::Volume,
@@ -71,6 +74,7 @@ pub const STEPS: [StepKind; 11] = [
     StepKind::Secrets,
     StepKind::Engine,
     StepKind::Deploy,
+    StepKind::Bandwidth,
     StepKind::Routes,
 ];
 
@@ -123,6 +127,7 @@ pub fn step(kind: StepKind) -> &'static dyn Step {
         StepKind::Secrets => &secrets::Secrets,
         StepKind::Engine => &engine::Engine,
         StepKind::Deploy => &deploy::Deploy,
+        StepKind::Bandwidth => &bandwidth::Bandwidth,
         StepKind::Routes => &routes::Routes,
     }
 }
