@@ -25,14 +25,20 @@ fn sh(script: &str) -> String {
 
 /// A metric's value from hostd's `/metrics`.
 fn metric(addr: &str, series: &str) -> f64 {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = scrape(addr);
     body.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+}
+
+/// hostd's `/metrics` response, headers included.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
 }
 
 /// Bytes per second the host pulled from each `addr` at once, reading for `SECS` seconds:
@@ -85,18 +91,33 @@ fn pushed_rate(name: &str, to: &[(String, String)]) -> f64 {
         .into_iter()
         .map(|w| w.join().unwrap())
         .fold(0.0, f64::max);
-    std::thread::sleep(Duration::from_millis(500)); // `wc` appends once nc has exited
-    let received: f64 = to
-        .iter()
-        .map(|(container, _)| {
-            let o = tenant_docker(name, &["exec", container, "cat", "/tmp/in"]);
-            assert!(o.status.success(), "{}", text(&o));
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
+    // `wc` appends its count once nc has exited, a moment after the close.
+    let count = |container: &str| -> Option<f64> {
+        let o = tenant_docker(name, &["exec", container, "cat", "/tmp/in"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        (o.status.success() && !out.trim().is_empty()).then(|| {
+            out.lines()
                 .map(|l| l.trim().parse::<f64>().unwrap())
                 .sum::<f64>()
         })
-        .sum();
+    };
+    let counts: Vec<f64> = to
+        .iter()
+        .map(|(container, _)| {
+            let t = Instant::now();
+            loop {
+                match count(container) {
+                    Some(n) => break n,
+                    None if t.elapsed() < Duration::from_secs(10) => {
+                        std::thread::sleep(Duration::from_millis(200))
+                    }
+                    None => panic!("{container} never counted what it received"),
+                }
+            }
+        })
+        .collect();
+    let received: f64 = counts.iter().sum();
+    println!("bandwidth: {counts:?} bytes received in {secs:.2} s (sending stopped at {SECS} s)");
     received / secs
 }
 
@@ -291,6 +312,10 @@ fn a_tenants_networks_share_its_egress_and_ingress_budget() {
         &format!("m8trx_tenant_memory_bytes{{tenant=\"{name}\"}}"),
     );
     assert!(m > 0.0);
+    // The tenant's series as an operator scrapes them (the closing note quotes this).
+    for l in scrape(&metrics).lines().filter(|l| l.contains(&name)) {
+        println!("scrape: {l}");
+    }
 
     d.ok(&["destroy", &name, "--wipe"]);
     assert!(
