@@ -15,6 +15,9 @@ use crate::locks::TenantLocks;
 use crate::network::{Firewall, HostServices, TenantNet};
 use crate::record::{Desired, Record};
 use crate::spec::VolumeSource;
+
+/// Seconds a read-only engine request (status, metrics) may take before it gives up.
+const READ_TIMEOUT_SECS: u64 = 5;
 use crate::state::Store;
 
 /// Where containers see the tenant's broker token directory.
@@ -249,6 +252,17 @@ impl Host {
     /// A client of the tenant's running engine, or why there is none. Never one of a frozen
     /// engine: every call to it would hang until the thaw.
     pub async fn docker(&self, r: &Record) -> Result<bollard::Docker, HostError> {
+        self.docker_within(r, 120).await
+    }
+
+    /// Like [`Host::docker`], for read-only looks that take no lock (status, metrics): the
+    /// idle policy may freeze the tenant after the record was read, and a request to a
+    /// frozen engine would then hang until the thaw — here it fails within seconds.
+    pub async fn docker_to_read(&self, r: &Record) -> Result<bollard::Docker, HostError> {
+        self.docker_within(r, READ_TIMEOUT_SECS).await
+    }
+
+    async fn docker_within(&self, r: &Record, secs: u64) -> Result<bollard::Docker, HostError> {
         let name = r.name();
         if r.desired == Desired::Present && r.power != crate::record::Power::Active {
             return Err(HostError::Unavailable {
@@ -270,7 +284,7 @@ impl Host {
             },
         })?;
         engine
-            .connect()
+            .connect_within(secs)
             .await
             .ok_or_else(|| HostError::Unavailable {
                 tenant: name.to_owned(),

@@ -509,7 +509,7 @@ pub async fn refresh(host: &crate::host::Host) {
         s.limited = limited;
         s.engine_up = crate::engine::Engine::adopt(host.engine_config(rec)).is_some();
         if rec.awake() && s.engine_up {
-            if let Ok(docker) = host.docker(rec).await {
+            if let Ok(docker) = host.docker_to_read(rec).await {
                 (s.containers, s.restarts) = containers(&docker, rec).await;
             }
         }

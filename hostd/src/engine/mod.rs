@@ -361,11 +361,17 @@ impl Engine {
         }
     }
 
-    /// A client for the engine, if it answers now.
+    /// A client for the engine, if it answers now; each of its requests may take 120 s
+    /// (pulls, loads, deploys).
     pub async fn connect(&self) -> Option<Docker> {
+        self.connect_within(120).await
+    }
+
+    /// A client for the engine whose every request gives up after `secs` seconds.
+    pub async fn connect_within(&self, secs: u64) -> Option<Docker> {
         let sock = self.cfg.socket();
         let d =
-            Docker::connect_with_unix(sock.to_str()?, 120, bollard::API_DEFAULT_VERSION).ok()?;
+            Docker::connect_with_unix(sock.to_str()?, secs, bollard::API_DEFAULT_VERSION).ok()?;
         let d = d.negotiate_version().await.ok()?;
         d.ping().await.ok()?;
         Some(d)

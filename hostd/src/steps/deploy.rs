@@ -260,7 +260,7 @@ impl Step for Deploy {
         if !rec.awake() || rec.deployment.is_none() {
             return Ok(true);
         }
-        let Ok(docker) = super::engine::docker(host, rec).await else {
+        let Ok(docker) = host.docker_to_read(rec).await else {
             return Ok(false);
         };
         Ok(missing(host, rec, &docker)
