@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE ?= /var/lib/m8trx-test/env
 export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 
-.PHONY: test demo demo-build demo-down fmt-check clippy test-env unit build infra-check bench-proxy bench-scale-to-zero vm-test vm-image fuzz-compose
+.PHONY: test demo demo-build demo-down fmt-check clippy test-env unit build infra-check bench-proxy bench-scale-to-zero bench-fairness vm-test vm-image fuzz-compose
 
 ## test: formatting, lints, the real test environment, every test of the workspace, then the VM tier.
 test: fmt-check clippy test-env infra-check
@@ -51,6 +51,12 @@ bench-proxy: test-env
 bench-scale-to-zero: test-env
 	cargo build --release -p sni-proxy
 	set -a && . "$(ENV_FILE)" && set +a && cargo bench -p hostd --bench scale_to_zero
+
+## bench-fairness: a quiet tenant's p99 through sni-proxy while its neighbour saturates cpu,
+## memory, io, egress and new connections, as ratios to its idle-neighbour baseline (not part of test).
+bench-fairness: test-env
+	cargo build --release -p sni-proxy
+	set -a && . "$(ENV_FILE)" && set +a && cargo bench -p hostd --bench fairness
 
 ## fuzz-compose: libFuzzer on hostd's compose loader, policy and plan (nightly + cargo-fuzz; not part of test).
 ## FUZZ_RUNS (default 10000000) executions, seeded with the compose battery; prints the figure at the end.

@@ -21,10 +21,13 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod agent;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use agent::{caddyfile, deploy_agent, percentile};
 use support::proxy::Proxy;
 use support::{env, require_root, text, Cleanup, Daemon};
 
@@ -49,43 +52,6 @@ fn env_num(k: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn caddyfile(host: &str, proxy_protocol: bool) -> String {
-    let wrappers = if proxy_protocol {
-        "\t\tlistener_wrappers {\n\t\t\tproxy_protocol {\n\t\t\t\ttimeout 2s\n\t\t\t\tallow 10.250.0.0/16\n\t\t\t}\n\t\t\ttls\n\t\t}\n"
-    } else {
-        ""
-    };
-    format!(
-        "{{\n\tadmin off\n\tskip_install_trust\n\tauto_https disable_redirects\n\tservers :443 {{\n{wrappers}\t}}\n}}\n\
-         https://{host}:443 {{\n\ttls internal\n\treverse_proxy app:8080\n}}\n"
-    )
-}
-
-/// The agent-shaped stack: Caddy in front of an app, and a worker.
-fn stack(host: &str, caddy: &str, busybox: &str) -> String {
-    serde_json::json!({
-        "services": {
-            "caddy": {
-                "image": caddy,
-                "entrypoint": ["/bin/sh", "-c"],
-                "command": ["printf '%s' \"$$CADDYFILE\" > /tmp/Caddyfile && exec caddy run --config /tmp/Caddyfile --adapter caddyfile"],
-                "environment": {"CADDYFILE": caddyfile(host, true), "HOME": "/tmp",
-                                "XDG_DATA_HOME": "/tmp/data", "XDG_CONFIG_HOME": "/tmp/config"},
-                "depends_on": ["app"],
-            },
-            // An init, as real images have: busybox as PID 1 ignores SIGTERM, and every
-            // sleep would wait out the stop grace period.
-            "app": {
-                "image": busybox,
-                "init": true,
-                "command": ["sh", "-c", "mkdir -p /tmp/w && echo app > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"],
-            },
-            "worker": {"image": busybox, "init": true, "command": ["sleep", "2147483647"]},
-        }
-    })
-    .to_string()
-}
-
 /// Time to the first byte of `GET /` through the proxy (or to `to` directly), in seconds;
 /// `None` when it failed.
 fn ttfb(host: &str, to: &str, max_secs: u32) -> Option<f64> {
@@ -107,12 +73,6 @@ fn ttfb(host: &str, to: &str, max_secs: u32) -> Option<f64> {
     (o.status.success() && it.next() == Some("200"))
         .then(|| it.next()?.parse().ok())
         .flatten()
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
 }
 
 /// One row of the latency table.
@@ -331,28 +291,14 @@ fn main() {
     docker(&["save", "-o", tar.to_str().unwrap(), &caddy, &busybox]);
     let started = Instant::now();
     for name in &names {
-        let spec = dir.join(format!("{name}.yml"));
-        std::fs::write(
-            &spec,
-            format!(
-                "version: 1\nname: {name}\ntemplate: agent\nsubdomains: [{name}.m8trx.test]\n\
-                 limits: {{ cpu: 1, memory: 512Mi, pids: 512, disk: 1Gi }}\n\
-                 volume: {{ loop_image: {} }}\n\
-                 role: {{ arn: \"arn:aws:iam::123456789012:role/m8trx-customer\", external_id: ext-{name} }}\n\
-                 idle: {{ freeze_after: 0, sleep_after: 0 }}\n",
-                dir.join(format!("{name}.img")).display()
-            ),
-        )
-        .unwrap();
-        d.ok(&["create", "-f", spec.to_str().unwrap()]);
-        d.ok(&["load", name, "-i", tar.to_str().unwrap()]);
-        let file = dir.join(format!("{name}.json"));
-        std::fs::write(
-            &file,
-            stack(&format!("{name}.m8trx.test"), &caddy, &busybox),
-        )
-        .unwrap();
-        d.ok(&["deploy", name, "-f", file.to_str().unwrap()]);
+        deploy_agent(
+            &d,
+            &dir,
+            name,
+            "cpu: 1, memory: 512Mi, pids: 512, disk: 1Gi",
+            &tar,
+            (&caddy, &busybox),
+        );
     }
     println!(
         "{n} agent-shaped tenants up in {:.0} s",

@@ -1,0 +1,361 @@
+//! `make bench-fairness`: what a noisy neighbour costs a quiet tenant, measured in one run
+//! on this machine with the real sni-proxy, hostd and tenant engines (issue #18).
+//!
+//! Two agent-shaped tenants, A and B (each its own Caddy behind sni-proxy, an app, a worker;
+//! `cpu: 1`, `memory: 256Mi`, the default bandwidth). B's latency is the time to the first
+//! byte of a TLS request through sni-proxy to B's own Caddy (curl's `time_starttransfer`),
+//! `M8TRX_BENCH_ROUNDS` requests per phase: once with A idle (the baseline), then with A
+//! saturating, in turn:
+//!
+//! - **cpu**: four busy loops in A's worker (A's cgroup holds them to one core);
+//! - **memory**: A's worker allocating up to A's limit, OOM-killed, again and again;
+//! - **io**: A's worker writing 256 MiB with fsync to its volume, again and again;
+//! - **egress**: A's worker sending as fast as it can to four readers on the host (through
+//!   A's bridge: network load only on the namespaces this benchmark made);
+//! - **connections**: eight threads opening new TLS connections to A's name through
+//!   sni-proxy as fast as they can (a ClientHello each, then a close);
+//!
+//! and prints, for each, B's p50 and p99 and the p99's ratio to the baseline beside the goal
+//! (≤ 1.2×). The broker's share is measured by cred-broker's own test and bench, not here.
+//!
+//! Needs root, `make test`'s environment and the release build of sni-proxy (`make
+//! bench-fairness` builds it). Not part of `make test`.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: a panic is the report
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod agent;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use agent::{deploy_agent, percentile};
+use support::proxy::Proxy;
+use support::{env, require_root, tenant_docker, text, Cleanup, Daemon};
+
+/// The goal: B's p99 under any noise at most this times its idle-neighbour p99.
+const GOAL: f64 = 1.2;
+
+fn env_num(k: &str, default: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Time to the first byte of `GET /` for `host` through the proxy at `tls`, in seconds.
+fn ttfb(tls: &str, host: &str) -> Option<f64> {
+    let port = tls.rsplit(':').next().unwrap();
+    let o = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_starttransfer}",
+            "--max-time",
+            "10",
+            "--resolve",
+        ])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut it = out.split_whitespace();
+    (o.status.success() && it.next() == Some("200"))
+        .then(|| it.next()?.parse().ok())
+        .flatten()
+}
+
+/// A minimal TLS 1.2 ClientHello record naming `sni`: enough for sni-proxy to route it.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let n = name.len() as u16;
+    let mut sni_ext = vec![0x00, 0x00];
+    sni_ext.extend((n + 5).to_be_bytes());
+    sni_ext.extend((n + 3).to_be_bytes());
+    sni_ext.push(0);
+    sni_ext.extend(n.to_be_bytes());
+    sni_ext.extend(name);
+    let mut body = vec![0x03, 0x03];
+    body.extend([7u8; 32]); // random
+    body.push(0); // session id
+    body.extend([0x00, 0x02, 0xc0, 0x2f]); // one cipher suite
+    body.extend([0x01, 0x00]); // null compression
+    body.extend((sni_ext.len() as u16).to_be_bytes());
+    body.extend(sni_ext);
+    let mut hs = vec![0x01, 0x00];
+    hs.extend((body.len() as u16).to_be_bytes());
+    hs.extend(body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend((hs.len() as u16).to_be_bytes());
+    rec.extend(hs);
+    rec
+}
+
+/// Background load that runs until dropped.
+struct Noise {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// A's worker to restart (ending whatever runs in it), if the noise runs there.
+    worker: Option<(String, String)>,
+    /// Work done, in the noise's own unit (bytes, connections), for the table.
+    done: Arc<AtomicU64>,
+}
+
+impl Noise {
+    fn none() -> Noise {
+        Noise {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            worker: None,
+            done: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A shell script run detached in A's worker.
+    fn in_worker(tenant: &str, worker: &str, script: &str) -> Noise {
+        let o = tenant_docker(tenant, &["exec", "-d", worker, "sh", "-c", script]);
+        assert!(o.status.success(), "noise in {worker}: {}", text(&o));
+        let mut n = Noise::none();
+        n.worker = Some((tenant.to_owned(), worker.to_owned()));
+        n
+    }
+
+    /// `n` threads running `f` until the noise is dropped.
+    fn threads(
+        mut self,
+        n: usize,
+        f: impl Fn(&AtomicBool, &AtomicU64) + Send + Sync + 'static,
+    ) -> Noise {
+        let f = Arc::new(f);
+        for _ in 0..n {
+            let (f, stop, done) = (
+                Arc::clone(&f),
+                Arc::clone(&self.stop),
+                Arc::clone(&self.done),
+            );
+            self.threads
+                .push(std::thread::spawn(move || f(&stop, &done)));
+        }
+        self
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some((tenant, worker)) = &self.worker {
+            let o = tenant_docker(tenant, &["restart", "-t", "0", worker]);
+            assert!(o.status.success(), "restart {worker}: {}", text(&o));
+        }
+    }
+}
+
+/// B's latencies over one phase: (p50, p99, failed requests).
+fn phase(tls: &str, host: &str, rounds: usize) -> (f64, f64, usize) {
+    let samples: Vec<Option<f64>> = (0..rounds).map(|_| ttfb(tls, host)).collect();
+    let failed = samples.iter().filter(|s| s.is_none()).count();
+    let mut ok: Vec<f64> = samples.into_iter().flatten().collect();
+    assert!(!ok.is_empty(), "every request to {host} failed");
+    (percentile(&mut ok, 0.5), percentile(&mut ok, 0.99), failed)
+}
+
+fn main() {
+    require_root();
+    let rounds = env_num("M8TRX_BENCH_ROUNDS", 300) as usize;
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("m8trx-bench-fair-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("fr{}", id % 10_000);
+    let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let proxy = Proxy::start(&dir);
+    let _cleanup = Cleanup {
+        dir: dir.clone(),
+        names: vec![a.clone(), b.clone()],
+    };
+    let d = Daemon::start_with(&dir, &["--proxy-admin", proxy.admin.to_str().unwrap()]);
+    let (caddy, busybox) = (env("M8TRX_IMAGE_CADDY"), env("M8TRX_IMAGE_BUSYBOX"));
+    let tar = dir.join("images.tar");
+    let o = Command::new("docker")
+        .args(["save", "-o", tar.to_str().unwrap(), &caddy, &busybox])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "docker save: {}", text(&o));
+    for name in [&a, &b] {
+        deploy_agent(
+            &d,
+            &dir,
+            name,
+            "cpu: 1, memory: 256Mi, pids: 512, disk: 2Gi",
+            &tar,
+            (&caddy, &busybox),
+        );
+    }
+    let (host_a, host_b) = (format!("{a}.m8trx.test"), format!("{b}.m8trx.test"));
+    let started = Instant::now();
+    while ttfb(&proxy.tls, &host_b).is_none() || ttfb(&proxy.tls, &host_a).is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "A and B answer through sni-proxy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..20 {
+        ttfb(&proxy.tls, &host_b); // warm: Caddy's first handshakes, the page cache
+    }
+    let worker = format!("m8trx-{a}-worker-1");
+    let worker_ip = {
+        let o = tenant_docker(
+            &a,
+            &[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                &worker,
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+
+    type Make<'a> = Box<dyn Fn() -> Noise + 'a>;
+    let hello = Arc::new(client_hello(&host_a));
+    let tls: std::net::SocketAddr = proxy.tls.parse().unwrap();
+    let phases: Vec<(&str, &str, Make)> = vec![
+        ("idle neighbour", "", Box::new(Noise::none)),
+        (
+            "cpu",
+            "",
+            Box::new(|| {
+                Noise::in_worker(
+                    &a,
+                    &worker,
+                    "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
+                )
+            }),
+        ),
+        (
+            "memory",
+            "",
+            Box::new(|| Noise::in_worker(&a, &worker, "while :; do tail /dev/zero; done")),
+        ),
+        (
+            "io",
+            "",
+            Box::new(|| {
+                Noise::in_worker(
+                    &a,
+                    &worker,
+                    "while :; do dd if=/dev/zero of=/tmp/f bs=1M count=256 conv=fsync 2>/dev/null; \
+                     rm -f /tmp/f; done",
+                )
+            }),
+        ),
+        (
+            "egress",
+            "MiB sent",
+            Box::new(|| {
+                let ip = worker_ip.clone();
+                let n = Noise::in_worker(
+                    &a,
+                    &worker,
+                    "for p in 9001 9002 9003 9004; do \
+                     (while :; do busybox nc -l -p $p < /dev/zero; done) & done; wait",
+                );
+                std::thread::sleep(Duration::from_millis(500));
+                let port = AtomicU64::new(9001);
+                n.threads(4, move |stop, done| {
+                    let p = port.fetch_add(1, Ordering::SeqCst);
+                    let mut buf = vec![0u8; 1 << 16];
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok(mut s) = TcpStream::connect((ip.as_str(), p as u16)) else {
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        };
+                        s.set_read_timeout(Some(Duration::from_millis(500)))
+                            .unwrap();
+                        while !stop.load(Ordering::SeqCst) {
+                            match s.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(k) => {
+                                    done.fetch_add(k as u64, Ordering::Relaxed);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                })
+            }),
+        ),
+        (
+            "connections",
+            "connections opened",
+            Box::new(|| {
+                let hello = Arc::clone(&hello);
+                Noise::none().threads(8, move |stop, done| {
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Ok(mut s) = TcpStream::connect(tls) {
+                            let _ = s.write_all(&hello);
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            }),
+        ),
+    ];
+
+    println!(
+        "fairness: B's time to first byte through sni-proxy, {rounds} requests per phase, \
+         A noisy in turn (2-core machine, both tenants cpu: 1)"
+    );
+    println!(
+        "| A is | B p50 ms | B p99 ms | B p99 / baseline | goal | met | B failed | A's work |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut baseline = None;
+    for (what, unit, make) in &phases {
+        let noise = make();
+        std::thread::sleep(Duration::from_secs(3)); // the noise at full strength
+        let t = Instant::now();
+        let before = noise.done.load(Ordering::Relaxed);
+        let (p50, p99, failed) = phase(&proxy.tls, &host_b, rounds);
+        let work = noise.done.load(Ordering::Relaxed) - before;
+        let secs = t.elapsed().as_secs_f64();
+        let work = match *unit {
+            "MiB sent" => format!("{:.1} MiB/s sent", work as f64 / secs / 1048576.0),
+            "connections opened" => format!("{:.0} connections/s", work as f64 / secs),
+            _ => "-".into(),
+        };
+        drop(noise);
+        let base = *baseline.get_or_insert(p99);
+        let ratio = p99 / base;
+        println!(
+            "| {what} | {:.1} | {:.1} | {ratio:.2}× | ≤ {GOAL}× | {} | {failed} | {work} |",
+            p50 * 1000.0,
+            p99 * 1000.0,
+            if ratio <= GOAL { "yes" } else { "no" },
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let log = std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
+    println!(
+        "sni-proxy refused A's connections past its share {} time(s) in the log (one line per interval)",
+        log.matches("limit hit: tenant connection refused").count()
+    );
+    for name in [&a, &b] {
+        d.ok(&["destroy", name, "--wipe"]);
+    }
+    drop(d);
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
