@@ -100,6 +100,18 @@ fn client_hello(sni: &str) -> Vec<u8> {
     rec
 }
 
+/// A connection to the proxy from 127.0.0.2 (the flood is another client than B's curl on
+/// 127.0.0.1: the proxy's per-address cap is not what this measures) that resets on close
+/// (no TIME_WAIT: a flood would otherwise run out of ports for everyone on the machine).
+fn flood_connect(to: std::net::SocketAddr) -> Option<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .ok()?;
+    s.set_linger(Some(Duration::ZERO)).ok()?;
+    s.connect(&to.into()).ok()?;
+    Some(s.into())
+}
+
 /// Background load that runs until dropped.
 struct Noise {
     stop: Arc<AtomicBool>,
@@ -215,7 +227,8 @@ fn main() {
         ttfb(&proxy.tls, &host_b); // warm: Caddy's first handshakes, the page cache
     }
     let worker = format!("m8trx-{a}-worker-1");
-    let worker_ip = {
+    // Asked anew each time: a restart (how each noise ends) may give the worker a new one.
+    let worker_ip = || {
         let o = tenant_docker(
             &a,
             &[
@@ -265,7 +278,6 @@ fn main() {
             "egress",
             "MiB sent",
             Box::new(|| {
-                let ip = worker_ip.clone();
                 let n = Noise::in_worker(
                     &a,
                     &worker,
@@ -273,6 +285,7 @@ fn main() {
                      (while :; do busybox nc -l -p $p < /dev/zero; done) & done; wait",
                 );
                 std::thread::sleep(Duration::from_millis(500));
+                let ip = worker_ip();
                 let port = AtomicU64::new(9001);
                 n.threads(4, move |stop, done| {
                     let p = port.fetch_add(1, Ordering::SeqCst);
@@ -304,7 +317,7 @@ fn main() {
                 let hello = Arc::clone(&hello);
                 Noise::none().threads(8, move |stop, done| {
                     while !stop.load(Ordering::SeqCst) {
-                        if let Ok(mut s) = TcpStream::connect(tls) {
+                        if let Some(mut s) = flood_connect(tls) {
                             let _ = s.write_all(&hello);
                             done.fetch_add(1, Ordering::Relaxed);
                         }
