@@ -425,18 +425,28 @@ pub fn tail(s: &str, n: usize) -> String {
 struct Agent {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// qemu serves one client of the socket at a time and leaves the others waiting in its
+    /// backlog, where a read timeout runs out (seen in CI with tenants set up side by side):
+    /// the threads of a test take turns instead.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Whose turn it is to talk to the guest agent.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Agent {
     fn connect(path: &Path) -> Result<Agent, String> {
+        let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         let s = UnixStream::connect(path)
             .map_err(|e| format!("guest agent {}: {e}", path.display()))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
+        // A guest under TCG busy loading images answers slowly; no other client waits here.
+        s.set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
         let writer = s.try_clone().map_err(|e| e.to_string())?;
         let mut a = Agent {
             reader: BufReader::new(s),
             writer,
+            _turn: turn,
         };
         // guest-sync discards whatever an earlier, interrupted client left in the channel.
         static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
