@@ -13,7 +13,10 @@
 //! - **egress**: A's worker sending as fast as it can to four readers on the host (through
 //!   A's bridge: network load only on the namespaces this benchmark made);
 //! - **connections**: eight threads opening new TLS connections to A's name through
-//!   sni-proxy as fast as they can (a ClientHello each, then a close);
+//!   sni-proxy as fast as they can (a ClientHello each, then read until the proxy refuses it
+//!   or A's Caddy answers);
+//! - **connection churn**: the same, reset right after the ClientHello (before the proxy has
+//!   read it, so before it knows the tenant);
 //!
 //! and prints, for each, B's p50 and p99 and the p99's ratio to the baseline beside the goal
 //! (≤ 1.2×). The broker's share is measured by cred-broker's own test and bench, not here.
@@ -74,29 +77,27 @@ fn ttfb(tls: &str, host: &str) -> Option<f64> {
         .flatten()
 }
 
-/// A minimal TLS 1.2 ClientHello record naming `sni`: enough for sni-proxy to route it.
+/// The ClientHello record curl sends for `sni` (a real one: the proxy parses it in full).
 fn client_hello(sni: &str) -> Vec<u8> {
-    let name = sni.as_bytes();
-    let n = name.len() as u16;
-    let mut sni_ext = vec![0x00, 0x00];
-    sni_ext.extend((n + 5).to_be_bytes());
-    sni_ext.extend((n + 3).to_be_bytes());
-    sni_ext.push(0);
-    sni_ext.extend(n.to_be_bytes());
-    sni_ext.extend(name);
-    let mut body = vec![0x03, 0x03];
-    body.extend([7u8; 32]); // random
-    body.push(0); // session id
-    body.extend([0x00, 0x02, 0xc0, 0x2f]); // one cipher suite
-    body.extend([0x01, 0x00]); // null compression
-    body.extend((sni_ext.len() as u16).to_be_bytes());
-    body.extend(sni_ext);
-    let mut hs = vec![0x01, 0x00];
-    hs.extend((body.len() as u16).to_be_bytes());
-    hs.extend(body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend((hs.len() as u16).to_be_bytes());
-    rec.extend(hs);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let sni = sni.to_owned();
+    let curl = std::thread::spawn(move || {
+        let _ = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "--max-time", "2", "--resolve"])
+            .arg(format!("{sni}:{port}:127.0.0.1"))
+            .arg(format!("https://{sni}:{port}/"))
+            .output();
+    });
+    let (mut s, _) = l.accept().unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x16, "a TLS handshake record");
+    let mut rec = head.to_vec();
+    rec.resize(5 + usize::from(u16::from_be_bytes([head[3], head[4]])), 0);
+    s.read_exact(&mut rec[5..]).unwrap();
+    drop(s);
+    let _ = curl.join();
     rec
 }
 
@@ -312,6 +313,25 @@ fn main() {
         ),
         (
             "connections",
+            "connections opened",
+            Box::new(|| {
+                let hello = Arc::clone(&hello);
+                Noise::none().threads(8, move |stop, done| {
+                    let mut buf = [0u8; 512];
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Some(mut s) = flood_connect(tls) {
+                            let _ = s.write_all(&hello);
+                            // Until the proxy refuses it or A's Caddy answers (an alert).
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            }),
+        ),
+        (
+            "connection churn",
             "connections opened",
             Box::new(|| {
                 let hello = Arc::clone(&hello);
