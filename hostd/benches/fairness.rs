@@ -38,44 +38,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use agent::{deploy_agent, percentile};
+use agent::{deploy_agent, env_num, percentile, ttfb};
 use support::proxy::Proxy;
 use support::{env, require_root, tenant_docker, text, Cleanup, Daemon};
 
 /// The goal: B's p99 under any noise at most this times its idle-neighbour p99.
 const GOAL: f64 = 1.2;
-
-fn env_num(k: &str, default: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Time to the first byte of `GET /` for `host` through the proxy at `tls`, in seconds.
-fn ttfb(tls: &str, host: &str) -> Option<f64> {
-    let port = tls.rsplit(':').next().unwrap();
-    let o = Command::new("curl")
-        .args([
-            "-sk",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{time_starttransfer}",
-            "--max-time",
-            "10",
-            "--resolve",
-        ])
-        .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg(format!("https://{host}:{port}/"))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    let mut it = out.split_whitespace();
-    (o.status.success() && it.next() == Some("200"))
-        .then(|| it.next()?.parse().ok())
-        .flatten()
-}
 
 /// The ClientHello record curl sends for `sni` (a real one: the proxy parses it in full).
 fn client_hello(sni: &str) -> Vec<u8> {
@@ -177,7 +145,7 @@ impl Drop for Noise {
 
 /// B's latencies over one phase: (p50, p99, failed requests).
 fn phase(tls: &str, host: &str, rounds: usize) -> (f64, f64, usize) {
-    let samples: Vec<Option<f64>> = (0..rounds).map(|_| ttfb(tls, host)).collect();
+    let samples: Vec<Option<f64>> = (0..rounds).map(|_| ttfb(host, tls, 10)).collect();
     let failed = samples.iter().filter(|s| s.is_none()).count();
     let mut ok: Vec<f64> = samples.into_iter().flatten().collect();
     assert!(!ok.is_empty(), "every request to {host} failed");
@@ -217,7 +185,7 @@ fn main() {
     }
     let (host_a, host_b) = (format!("{a}.m8trx.test"), format!("{b}.m8trx.test"));
     let started = Instant::now();
-    while ttfb(&proxy.tls, &host_b).is_none() || ttfb(&proxy.tls, &host_a).is_none() {
+    while ttfb(&host_b, &proxy.tls, 10).is_none() || ttfb(&host_a, &proxy.tls, 10).is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "A and B answer through sni-proxy"
@@ -225,7 +193,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     for _ in 0..20 {
-        ttfb(&proxy.tls, &host_b); // warm: Caddy's first handshakes, the page cache
+        ttfb(&host_b, &proxy.tls, 10); // warm: Caddy's first handshakes, the page cache
     }
     let worker = format!("m8trx-{a}-worker-1");
     // Asked anew each time: a restart (how each noise ends) may give the worker a new one.

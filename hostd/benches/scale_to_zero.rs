@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agent::{caddyfile, deploy_agent, percentile};
+use agent::{caddyfile, deploy_agent, env_num, percentile, ttfb};
 use support::proxy::Proxy;
 use support::{env, require_root, text, Cleanup, Daemon};
 
@@ -44,36 +44,6 @@ const EBS_ATTACHMENTS: f64 = 24.0;
 const EBS_VOLUME_MONTH: f64 = 10.0 * 0.08;
 /// The mix assumed: a tenth of the tenants awake at any time.
 const AWAKE_SHARE: f64 = 0.1;
-
-fn env_num(k: &str, default: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Time to the first byte of `GET /` through the proxy (or to `to` directly), in seconds;
-/// `None` when it failed.
-fn ttfb(host: &str, to: &str, max_secs: u32) -> Option<f64> {
-    let o = Command::new("curl")
-        .args([
-            "-sk",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{time_starttransfer}",
-        ])
-        .args(["--max-time", &max_secs.to_string(), "--resolve"])
-        .arg(format!("{host}:443:{to}"))
-        .arg(format!("https://{host}/"))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    let mut it = out.split_whitespace();
-    (o.status.success() && it.next() == Some("200"))
-        .then(|| it.next()?.parse().ok())
-        .flatten()
-}
 
 /// One row of the latency table.
 struct Row {
@@ -164,7 +134,7 @@ impl Plain {
     fn first_byte(&self, host: &str, since: Instant) -> Option<f64> {
         let deadline = since + Duration::from_secs(30);
         loop {
-            if ttfb(host, &self.caddy_ip(), 2).is_some() {
+            if ttfb(host, &format!("{}:443", self.caddy_ip()), 2).is_some() {
                 return Some(since.elapsed().as_secs_f64());
             }
             if Instant::now() > deadline {
@@ -305,27 +275,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     let host = format!("{}.m8trx.test", names[0]);
-    let port = proxy.tls.rsplit(':').next().unwrap().to_owned();
-    let via_proxy = |max: u32| {
-        let o = Command::new("curl")
-            .args([
-                "-sk",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{time_starttransfer}",
-            ])
-            .args(["--max-time", &max.to_string(), "--resolve"])
-            .arg(format!("{host}:{port}:127.0.0.1"))
-            .arg(format!("https://{host}:{port}/"))
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        let mut it = out.split_whitespace();
-        (o.status.success() && it.next() == Some("200"))
-            .then(|| it.next()?.parse::<f64>().ok())
-            .flatten()
-    };
+    let via_proxy = |max: u32| ttfb(&host, &proxy.tls, max);
     for _ in 0..3 {
         assert!(via_proxy(10).is_some(), "{host} answers through sni-proxy");
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each benchmark uses its own subset
 
 use std::path::Path;
+use std::process::Command;
 
 use crate::support::Daemon;
 
@@ -85,4 +86,36 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i]
+}
+
+/// A benchmark setting from the environment, or its default.
+pub fn env_num(k: &str, default: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Time to the first byte of a TLS `GET /` for `host` sent to `addr` (`ip:port`: the proxy,
+/// or a Caddy directly), in seconds; `None` when it failed or did not answer 200.
+pub fn ttfb(host: &str, addr: &str, max_secs: u32) -> Option<f64> {
+    let (ip, port) = addr.rsplit_once(':')?;
+    let o = Command::new("curl")
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_starttransfer}",
+        ])
+        .args(["--max-time", &max_secs.to_string(), "--resolve"])
+        .arg(format!("{host}:{port}:{ip}"))
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .ok()?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut it = out.split_whitespace();
+    (o.status.success() && it.next() == Some("200"))
+        .then(|| it.next()?.parse().ok())
+        .flatten()
 }
