@@ -81,19 +81,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
     let limits = table.limits.clone();
     drop(table);
     let _activity = match &route {
-        Some(r) => match state.activity.admit(
-            &r.tenant,
-            limits.max_connections_per_tenant,
-            limits.new_connections_per_second_per_tenant,
-        ) {
-            Ok(open) => Some(open),
-            Err(hit) => {
-                if let Some(n) = state.activity.log_refusal(&r.tenant) {
-                    warn!(target: "limit", limit = hit.label(), max = hit.max(), tenant = %r.tenant,
-                          refused = n, client = %peer, "limit hit: tenant request refused");
-                }
-                state.metrics.limit_hit(hit.label());
-                state.metrics.tenant_limit_hit(&r.tenant, hit.label());
+        Some(r) => match state.admit_tenant(&r.tenant, &limits, peer, "request") {
+            Some(open) => Some(open),
+            None => {
                 state.metrics.http_request("tenant_limit", "refused");
                 return plain(
                     StatusCode::TOO_MANY_REQUESTS,

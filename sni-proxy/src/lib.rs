@@ -36,3 +36,32 @@ pub struct State {
     /// Connections held for sleeping tenants, and the wake asks to hostd.
     pub waker: Arc<wake::Waker>,
 }
+
+impl State {
+    /// Admits a new connection (`what`: "connection" on :443, "request" on :80) of
+    /// `tenant` within its share, or refuses it: counted, and logged once per interval.
+    pub fn admit_tenant(
+        &self,
+        tenant: &str,
+        limits: &routes::Limits,
+        peer: std::net::SocketAddr,
+        what: &'static str,
+    ) -> Option<activity::Open> {
+        match self.activity.admit(
+            tenant,
+            limits.max_connections_per_tenant,
+            limits.new_connections_per_second_per_tenant,
+        ) {
+            Ok(open) => Some(open),
+            Err(hit) => {
+                if let Some(n) = self.activity.log_refusal(tenant) {
+                    tracing::warn!(target: "limit", limit = hit.label(), max = hit.max(), tenant,
+                                   refused = n, client = %peer, "limit hit: tenant {what} refused");
+                }
+                self.metrics.limit_hit(hit.label());
+                self.metrics.tenant_limit_hit(tenant, hit.label());
+                None
+            }
+        }
+    }
+}

@@ -202,23 +202,11 @@ async fn route(
     };
     drop(table);
     o.route = route.name.clone();
-    o._activity = match state.activity.admit(
-        &route.tenant,
-        limits.max_connections_per_tenant,
-        limits.new_connections_per_second_per_tenant,
-    ) {
-        Ok(open) => Some(open),
-        Err(hit) => {
-            if let Some(n) = state.activity.log_refusal(&route.tenant) {
-                warn!(target: "limit", limit = hit.label(), max = hit.max(), tenant = %route.tenant,
-                      refused = n, client = %peer, "limit hit: tenant connection refused");
-            }
-            state.metrics.limit_hit(hit.label());
-            state.metrics.tenant_limit_hit(&route.tenant, hit.label());
-            o.outcome = "refused_tenant_limit";
-            return Next::Done(o);
-        }
-    };
+    o._activity = state.admit_tenant(&route.tenant, &limits, peer, "connection");
+    if o._activity.is_none() {
+        o.outcome = "refused_tenant_limit";
+        return Next::Done(o);
+    }
     let route = if route.asleep {
         let held = state
             .waker
