@@ -148,16 +148,20 @@ pub fn shape_new_ports(fw: &Firewall, slot: u16) -> Result<usize, ShapingError> 
     let own = format!("{net}/{len}");
     let mut shaped = 0;
     for br in bridges(fw, slot)? {
-        let gateway = gateway(fw, &br)?;
+        // Asked only when a port needs shaping: supervision runs this every few seconds.
+        let mut gateway: Option<Option<String>> = None;
         for port in ports(fw, &br)? {
             if redirected(fw, &port, "ingress", &eg)? {
                 continue;
+            }
+            if gateway.is_none() {
+                gateway = Some(bridge_address(fw, &br)?);
             }
             run(fw, "tc", &v(&["qdisc", "replace", "dev", &port, "clsact"]))?;
             let _ = run(fw, "tc", &v(&["filter", "del", "dev", &port, "ingress"]));
             // The bridge's own address is the host (replies to sni-proxy's and the host's
             // connections go there): shaped, before the tenant's /24 is let through.
-            if let Some(gw) = &gateway {
+            if let Some(Some(gw)) = &gateway {
                 let to_gw = format!("{gw}/32");
                 redirect(fw, &port, "ingress", "1", &["ip", "dst", &to_gw], &eg)?;
             }
@@ -201,7 +205,7 @@ fn redirect(
 }
 
 /// The bridge's IPv4 address (the tenant network's gateway, on the host), if it has one.
-fn gateway(fw: &Firewall, br: &str) -> Result<Option<String>, ShapingError> {
+fn bridge_address(fw: &Firewall, br: &str) -> Result<Option<String>, ShapingError> {
     let out = run(fw, "ip", &v(&["-o", "-4", "addr", "show", "dev", br]))?;
     Ok(out
         .split_whitespace()
