@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ENV_FILE ?= /var/lib/m8trx-test/env
 export M8TRX_TEST_ENV_FILE := $(ENV_FILE)
 
-.PHONY: test demo demo-build demo-down fmt-check clippy test-env unit build infra-check bench-proxy bench-scale-to-zero bench-fairness vm-test vm-image fuzz-compose
+.PHONY: test demo demo-build demo-down fmt-check clippy test-env unit build infra-check bench-proxy bench-scale-to-zero bench-fairness vm-test vm-image fuzz-compose fuzz-proxy
 
 ## test: formatting, lints, the real test environment, every test of the workspace, then the VM tier.
 test: fmt-check clippy test-env infra-check
@@ -65,6 +65,14 @@ fuzz-compose:
 	mkdir -p hostd/fuzz/corpus/compose_check
 	cp hostd/tests/compose/hostile/*.yml hostd/tests/compose/benign/*.yml hostd/fuzz/corpus/compose_check/
 	cd hostd/fuzz && cargo +nightly fuzz run compose_check corpus/compose_check -- -runs=$(FUZZ_RUNS) -max_len=8192 -rss_limit_mb=2048
+
+## fuzz-proxy: libFuzzer on sni-proxy's ClientHello reader (against rustls), PROXY v2 header
+## (against the ppp crate) and :80 service (nightly + cargo-fuzz; not part of test). FUZZ_RUNS each.
+fuzz-proxy:
+	cd sni-proxy/fuzz && for t in client_hello proxy_header http80_request; do \
+	  mkdir -p corpus/$$t && cp -n seeds/$$t/* corpus/$$t/ 2>/dev/null; \
+	  cargo +nightly fuzz run $$t corpus/$$t -- -runs=$(FUZZ_RUNS) -max_len=16400 -rss_limit_mb=2048 || exit 1; \
+	done
 
 ## demo: a local shared host with two demo tenants behind sni-proxy; prints how to reach them.
 ## Ports: M8TRX_DEMO_TLS_PORT (8443), M8TRX_DEMO_HTTP_PORT (8080) and the others scripts/demo lists.

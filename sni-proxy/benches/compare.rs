@@ -1,9 +1,14 @@
 //! `make bench-proxy`: one TLS backend (nginx) reached directly and through HAProxy
-//! (tcp mode, `req_ssl_sni`), nginx stream `ssl_preread`, sniproxy and this proxy, all on
-//! loopback in one run. Measures the new-connection rate (TLS handshake + one
-//! `Connection: close` request), proxy CPU µs per connection (from /proc), RSS per idle
-//! established connection (5,000 of them) and the throughput of a 1 GiB transfer, then
-//! prints a table with each figure's ratio to HAProxy. Not part of `make test`.
+//! (tcp mode, `req_ssl_sni`) at `nbthread 1` and `nbthread 2`, nginx stream `ssl_preread`,
+//! sniproxy and this proxy at 1 and 2 workers, all on loopback in one run. Measures the
+//! new-connection rate (TLS handshake + one `Connection: close` request) and its p99
+//! latency, proxy CPU µs per connection (from /proc), RSS per idle established connection
+//! (5,000 of them) and the throughput of a 1 GiB transfer, then prints a table with each
+//! figure's ratio to HAProxy at the same thread count. Not part of `make test`.
+//!
+//! Knobs: BENCH_SECS (3), BENCH_ROUNDS (3), BENCH_CONCURRENCY (16), BENCH_IDLE (5000);
+//! BENCH_PROFILE=<path> (e.g. `sni-proxy-1w`) only loads that path for BENCH_SECS and prints
+//! its pid, for `perf record -p`.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: a panic is the report
 
 use std::net::SocketAddr;
@@ -126,6 +131,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 struct Target {
     name: &'static str,
+    /// Threads the proxy serves with (1 or 2), to compare with HAProxy at the same count.
+    threads: usize,
     addr: SocketAddr,
     /// The proxy process; `None` for the direct path.
     pid: Option<u32>,
@@ -135,6 +142,7 @@ struct Target {
 struct Row {
     name: &'static str,
     conns_per_s: f64,
+    p99_ms: f64,
     cpu_us_per_conn: Option<f64>,
     kib_per_idle: Option<f64>,
     mib_per_s: f64,
@@ -159,13 +167,19 @@ async fn one_request(tls: &TlsConnector, addr: SocketAddr) -> std::io::Result<()
     }
 }
 
-/// Runs `concurrency` clients for `secs` against `t`: (requests ok, errors, seconds, proxy CPU µs).
-async fn rate(
-    tls: &TlsConnector,
-    t: &Target,
-    secs: u64,
-    concurrency: usize,
-) -> (u64, u64, f64, u64) {
+/// What one rate phase measured on one path.
+#[derive(Default)]
+struct Sample {
+    ok: u64,
+    errors: u64,
+    secs: f64,
+    cpu_us: u64,
+    /// Duration of each successful request (connect, handshake, request, response), in µs.
+    latencies_us: Vec<u64>,
+}
+
+/// Runs `concurrency` clients for `secs` against `t`.
+async fn rate(tls: &TlsConnector, t: &Target, secs: u64, concurrency: usize) -> Sample {
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
     let cpu0 = t.pid.map_or(0, cpu_us);
@@ -175,25 +189,44 @@ async fn rate(
         .map(|_| {
             let (tls, addr, ok, err) = (tls.clone(), t.addr, Arc::clone(&ok), Arc::clone(&err));
             tokio::spawn(async move {
-                while Instant::now() < deadline {
+                let mut lat = Vec::new();
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= deadline {
+                        break lat;
+                    }
                     match one_request(&tls, addr).await {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(()) => {
+                            lat.push(t0.elapsed().as_micros() as u64);
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
                         Err(_) => err.fetch_add(1, Ordering::Relaxed),
                     };
                 }
             })
         })
         .collect();
+    let mut latencies_us = Vec::new();
     for t in tasks {
-        t.await.unwrap();
+        latencies_us.extend(t.await.unwrap());
     }
-    let cpu = t.pid.map_or(0, cpu_us) - cpu0;
-    (
-        ok.load(Ordering::Relaxed),
-        err.load(Ordering::Relaxed),
-        start.elapsed().as_secs_f64(),
-        cpu,
-    )
+    Sample {
+        ok: ok.load(Ordering::Relaxed),
+        errors: err.load(Ordering::Relaxed),
+        secs: start.elapsed().as_secs_f64(),
+        cpu_us: t.pid.map_or(0, cpu_us) - cpu0,
+        latencies_us,
+    }
+}
+
+/// The `q` quantile (0..=1) of `v`, in milliseconds.
+fn quantile_ms(v: &mut [u64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i] as f64 / 1000.0
 }
 
 async fn idle(tls: &TlsConnector, t: &Target, n: usize) -> Option<f64> {
@@ -322,24 +355,28 @@ http {{ access_log off; client_body_temp_path {d}/cb; proxy_temp_path {d}/pt;
             .args(["-p", &d, "-c"])
             .arg(dir.join("backend.conf")),
     );
-    std::fs::write(
-        dir.join("haproxy.cfg"),
-        format!(
-            "global\n  maxconn {}\n  nbthread 2\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n\
-             frontend fe\n  bind 127.0.0.1:{h}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req_ssl_hello_type 1 }}\n  use_backend be if {{ req_ssl_sni -i {NAME} }}\n\
-             backend be\n  server s1 127.0.0.1:{b}\n",
-            hard / 2 - 100
-        ),
-    )
-    .unwrap();
-    let haproxy = spawn(
-        &dir,
-        "haproxy",
-        Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg")),
-    );
+    // HAProxy at one and two threads: the fair peer of each of our worker counts.
+    let haproxy_at = |threads: usize, port: u16| {
+        let cfg = dir.join(format!("haproxy-{threads}t.cfg"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn {}\n  nbthread {threads}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 600s\n  timeout server 600s\n\
+                 frontend fe\n  bind 127.0.0.1:{port}\n  tcp-request inspect-delay 5s\n  tcp-request content accept if {{ req_ssl_hello_type 1 }}\n  use_backend be if {{ req_ssl_sni -i {NAME} }}\n\
+                 backend be\n  server s1 127.0.0.1:{b}\n",
+                hard / 2 - 100
+            ),
+        )
+        .unwrap();
+        spawn(
+            &dir,
+            &format!("haproxy-{threads}t"),
+            Command::new("haproxy").arg("-db").arg("-f").arg(&cfg),
+        )
+    };
+    let h1 = free_port();
+    let haproxy1 = haproxy_at(1, h1);
+    let haproxy2 = haproxy_at(2, h);
     std::fs::write(
         dir.join("stream.conf"),
         format!(
@@ -375,56 +412,52 @@ stream {{ map $ssl_preread_server_name $be {{ {NAME} 127.0.0.1:{b}; default 127.
     std::fs::write(
         dir.join("routes.toml"),
         format!(
-            "[limits]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n\n\
+            "[limits]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n\
+             max_connections_per_tenant = 100000\nnew_connections_per_second_per_tenant = 1000000\n\n\
              [[route]]\nsni = \"{NAME}\"\nbackend = \"127.0.0.1:{b}\"\n"
         ),
     )
     .unwrap();
-    let ours = spawn(
-        &dir,
-        "sni-proxy",
-        Command::new(env!("CARGO_BIN_EXE_sni-proxy"))
-            .arg("--routes")
-            .arg(dir.join("routes.toml"))
-            .args([
-                "--listen-tls",
-                &format!("127.0.0.1:{p}"),
-                "--no-http",
-                "--watch-interval-ms",
-                "0",
-            ])
-            .env("RUST_LOG", "warn"),
-    );
-    for port in [b, h, n, s, p] {
+    let ours_at = |workers: usize, port: u16| {
+        spawn(
+            &dir,
+            &format!("sni-proxy-{workers}w"),
+            Command::new(env!("CARGO_BIN_EXE_sni-proxy"))
+                .arg("--routes")
+                .arg(dir.join("routes.toml"))
+                .args([
+                    "--listen-tls",
+                    &format!("127.0.0.1:{port}"),
+                    "--no-http",
+                    "--watch-interval-ms",
+                    "0",
+                    "--workers",
+                    &workers.to_string(),
+                ])
+                .env("RUST_LOG", "warn"),
+        )
+    };
+    let p1 = free_port();
+    let ours1 = ours_at(1, p1);
+    let ours2 = ours_at(2, p);
+    for port in [b, h, h1, n, s, p, p1] {
         wait_port(port);
     }
 
+    let target = |name, threads, port: u16, proc_: Option<&Proc>| Target {
+        name,
+        threads,
+        addr: ([127, 0, 0, 1], port).into(),
+        pid: proc_.map(|p| p.0.id()),
+    };
     let targets = [
-        Target {
-            name: "direct",
-            addr: ([127, 0, 0, 1], b).into(),
-            pid: None,
-        },
-        Target {
-            name: "haproxy",
-            addr: ([127, 0, 0, 1], h).into(),
-            pid: Some(haproxy.0.id()),
-        },
-        Target {
-            name: "nginx-stream",
-            addr: ([127, 0, 0, 1], n).into(),
-            pid: Some(stream_nginx.0.id()),
-        },
-        Target {
-            name: "sniproxy",
-            addr: ([127, 0, 0, 1], s).into(),
-            pid: Some(sniproxy.0.id()),
-        },
-        Target {
-            name: "sni-proxy",
-            addr: ([127, 0, 0, 1], p).into(),
-            pid: Some(ours.0.id()),
-        },
+        target("direct", 2, b, None),
+        target("haproxy-1t", 1, h1, Some(&haproxy1)),
+        target("haproxy-2t", 2, h, Some(&haproxy2)),
+        target("nginx-stream", 2, n, Some(&stream_nginx)),
+        target("sniproxy", 1, s, Some(&sniproxy)),
+        target("sni-proxy-1w", 1, p1, Some(&ours1)),
+        target("sni-proxy-2w", 2, p, Some(&ours2)),
     ];
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -450,7 +483,26 @@ stream {{ map $ssl_preread_server_name $be {{ {NAME} 127.0.0.1:{b}; default 127.
     );
     // The machine may be shared: the rate phase goes round-robin over the paths, `rounds`
     // times, so that load from elsewhere falls on all of them alike.
-    let mut sums = vec![(0u64, 0u64, 0f64, 0u64); targets.len()];
+    // BENCH_PROFILE=<path>: only load that path for BENCH_SECS, for a profiler to attach to.
+    if let Ok(name) = std::env::var("BENCH_PROFILE") {
+        let t = targets
+            .iter()
+            .find(|t| t.name == name)
+            .expect("BENCH_PROFILE names a path");
+        println!(
+            "profiling {name}: pid {}, {secs} s of load",
+            t.pid.unwrap_or(0)
+        );
+        let m = rt.block_on(rate(&tls, t, secs, concurrency));
+        println!(
+            "{} requests, {} errors, {:.1} µs CPU each",
+            m.ok,
+            m.errors,
+            m.cpu_us as f64 / m.ok.max(1) as f64
+        );
+        return;
+    }
+    let mut sums: Vec<Sample> = targets.iter().map(|_| Sample::default()).collect();
     rt.block_on(async {
         for t in &targets {
             // Warm-up, so that lazily allocated pools do not count as per-connection cost.
@@ -458,29 +510,35 @@ stream {{ map $ssl_preread_server_name $be {{ {NAME} 127.0.0.1:{b}; default 127.
         }
         for _ in 0..rounds {
             for (i, t) in targets.iter().enumerate() {
-                let (ok, err, secs, cpu) = rate(&tls, t, secs, concurrency).await;
+                let m = rate(&tls, t, secs, concurrency).await;
                 let s = &mut sums[i];
-                (s.0, s.1, s.2, s.3) = (s.0 + ok, s.1 + err, s.2 + secs, s.3 + cpu);
+                s.ok += m.ok;
+                s.errors += m.errors;
+                s.secs += m.secs;
+                s.cpu_us += m.cpu_us;
+                s.latencies_us.extend(m.latencies_us);
             }
         }
     });
     let mut rows = Vec::new();
-    for (t, (ok, errors, secs, cpu)) in targets.iter().zip(sums) {
+    for (t, mut m) in targets.iter().zip(sums) {
         rt.block_on(async {
             let kib_per_idle = idle(&tls, t, idle_n).await;
             let mib_per_s = bulk(&tls, t).await;
             let row = Row {
                 name: t.name,
-                conns_per_s: ok as f64 / secs,
-                cpu_us_per_conn: t.pid.map(|_| cpu as f64 / ok.max(1) as f64),
+                conns_per_s: m.ok as f64 / m.secs,
+                p99_ms: quantile_ms(&mut m.latencies_us, 0.99),
+                cpu_us_per_conn: t.pid.map(|_| m.cpu_us as f64 / m.ok.max(1) as f64),
                 kib_per_idle,
                 mib_per_s,
-                errors,
+                errors: m.errors,
             };
             eprintln!(
-                "{:<13} {:>9.0} conn/s  cpu {:>7} us/conn  idle {:>7} KiB/conn  {:>7.0} MiB/s  errors {}",
+                "{:<13} {:>9.0} conn/s  p99 {:>6.1} ms  cpu {:>7} us/conn  idle {:>7} KiB/conn  {:>7.0} MiB/s  errors {}",
                 row.name,
                 row.conns_per_s,
+                row.p99_ms,
                 row.cpu_us_per_conn.map_or("-".into(), |v| format!("{v:.1}")),
                 row.kib_per_idle.map_or("-".into(), |v| format!("{v:.2}")),
                 row.mib_per_s,
@@ -489,36 +547,47 @@ stream {{ map $ssl_preread_server_name $be {{ {NAME} 127.0.0.1:{b}; default 127.
             rows.push(row);
         });
     }
-    let hap = rows.iter().find(|r| r.name == "haproxy").cloned().unwrap();
+    let find = |name: &str| rows.iter().find(|r| r.name == name).cloned().unwrap();
+    // Each path is compared with HAProxy at its own thread count.
+    let peer = |t: &Target| {
+        find(if t.threads == 1 {
+            "haproxy-1t"
+        } else {
+            "haproxy-2t"
+        })
+    };
     let ratio = |v: Option<f64>, base: Option<f64>| match (v, base) {
         (Some(v), Some(b)) if b > 0.0 => format!("{:.2}x", v / b),
         _ => "-".into(),
     };
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".into(), |v| format!("{v:.prec$}"));
     println!();
-    println!("| path | new conn/s | vs HAProxy | proxy CPU µs/conn | vs HAProxy | RSS KiB/idle conn | vs HAProxy | 1 GiB MiB/s | vs HAProxy | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
+    println!(
+        "Ratios are to HAProxy at the path's own thread count (1: haproxy-1t, 2: haproxy-2t)."
+    );
+    println!();
+    println!("| path | threads | new conn/s | vs HAProxy | p99 ms | vs HAProxy | proxy CPU µs/conn | vs HAProxy | RSS KiB/idle conn | vs HAProxy | 1 GiB MiB/s | vs direct | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let direct = find("direct");
+    for (t, r) in targets.iter().zip(&rows) {
+        let hap = peer(t);
         println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
             r.name,
+            t.threads,
             r.conns_per_s,
             ratio(Some(r.conns_per_s), Some(hap.conns_per_s)),
+            r.p99_ms,
+            ratio(Some(r.p99_ms), Some(hap.p99_ms)),
             opt(r.cpu_us_per_conn, 1),
             ratio(r.cpu_us_per_conn, hap.cpu_us_per_conn),
             opt(r.kib_per_idle, 2),
             ratio(r.kib_per_idle, hap.kib_per_idle),
             r.mib_per_s,
-            ratio(Some(r.mib_per_s), Some(hap.mib_per_s)),
+            ratio(Some(r.mib_per_s), Some(direct.mib_per_s)),
             r.errors
         );
     }
-    let direct = rows.iter().find(|r| r.name == "direct").cloned().unwrap();
-    let ours = rows
-        .iter()
-        .find(|r| r.name == "sni-proxy")
-        .cloned()
-        .unwrap();
     println!();
     println!("Goals for sni-proxy (measured in this run):");
     let goal = |what: &str, v: f64, target: &str, met: bool| {
@@ -527,19 +596,56 @@ stream {{ map $ssl_preread_server_name $be {{ {NAME} 127.0.0.1:{b}; default 127.
             if met { "MET" } else { "NOT MET" }
         );
     };
-    let cpu = ours.cpu_us_per_conn.unwrap_or(f64::NAN) / hap.cpu_us_per_conn.unwrap_or(f64::NAN);
-    goal("CPU per connection vs HAProxy", cpu, "<= 0.7", cpu <= 0.7);
-    let r = ours.conns_per_s / hap.conns_per_s;
-    goal("new-connection rate vs HAProxy", r, ">= 1.0", r >= 1.0);
-    let m = ours.kib_per_idle.unwrap_or(f64::NAN) / hap.kib_per_idle.unwrap_or(f64::NAN);
-    goal(
-        "memory per idle connection vs HAProxy",
-        m,
-        "<= 0.5",
-        m <= 0.5,
-    );
-    let t = ours.mib_per_s / direct.mib_per_s;
-    goal("bulk throughput vs direct", t, ">= 0.9", t >= 0.9);
-    drop((ours, sniproxy, stream_nginx, haproxy, backend));
+    for (ours, hap) in [
+        ("sni-proxy-1w", "haproxy-1t"),
+        ("sni-proxy-2w", "haproxy-2t"),
+    ] {
+        let (o, h) = (find(ours), find(hap));
+        let nan = f64::NAN;
+        let cpu = o.cpu_us_per_conn.unwrap_or(nan) / h.cpu_us_per_conn.unwrap_or(nan);
+        goal(
+            &format!("{ours} CPU per connection vs {hap}"),
+            cpu,
+            "<= 0.7",
+            cpu <= 0.7,
+        );
+        let r = o.conns_per_s / h.conns_per_s;
+        goal(
+            &format!("{ours} new-connection rate vs {hap}"),
+            r,
+            ">= 1.0",
+            r >= 1.0,
+        );
+        let m = o.kib_per_idle.unwrap_or(nan) / h.kib_per_idle.unwrap_or(nan);
+        goal(
+            &format!("{ours} memory per idle connection vs {hap}"),
+            m,
+            "<= 0.5",
+            m <= 0.5,
+        );
+        let l = o.p99_ms / h.p99_ms;
+        goal(
+            &format!("{ours} p99 connection latency vs {hap}"),
+            l,
+            "<= 1.2",
+            l <= 1.2,
+        );
+        let t = o.mib_per_s / direct.mib_per_s;
+        goal(
+            &format!("{ours} bulk throughput vs direct"),
+            t,
+            ">= 0.95",
+            t >= 0.95,
+        );
+    }
+    drop((
+        ours1,
+        ours2,
+        sniproxy,
+        stream_nginx,
+        haproxy1,
+        haproxy2,
+        backend,
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,13 +1,21 @@
 //! Reads a TLS ClientHello without terminating TLS.
 //!
-//! Parsing is rustls' own (`rustls::server::Acceptor`), which reassembles a ClientHello split
-//! across TCP segments and across TLS records. Every byte read is kept so it can be replayed
-//! to the backend unchanged. The size of what is buffered and the time to get it are bounded.
+//! The hello is reassembled from TLS records split anywhere across TCP segments, and every
+//! byte read is kept so it can be replayed to the backend unchanged. The size of what is
+//! buffered and the time to get it are bounded.
+//!
+//! Parsing is a walk to the two extensions routing needs (server_name, ALPN) over borrowed
+//! bytes, in [`crate::hello_wire`]: rustls' `Acceptor` did a full, allocating parse of every
+//! extension on each connection (measured: ~3 % of the proxy's CPU per connection; see
+//! docs/benchmarks.md). The host name is validated by the same function rustls uses
+//! (`pki_types::ServerName`), and a fuzz target checks that every hello rustls accepts is
+//! read the same way here (`sni-proxy/fuzz`).
 
 use std::time::Duration;
 
-use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::hello_wire::{self, Record};
 
 /// What the proxy learned from a ClientHello, plus the bytes to replay.
 #[derive(Debug)]
@@ -18,6 +26,8 @@ pub struct Hello {
     pub alpn: Vec<Vec<u8>>,
     /// Every byte received so far, to be sent to the backend first.
     pub buffered: Vec<u8>,
+    /// The last read did not fill its buffer: the socket had nothing more queued.
+    pub drained: bool,
 }
 
 /// Why no ClientHello could be read; each maps to one outcome in logs and metrics.
@@ -59,8 +69,12 @@ impl HelloError {
 
 /// Incremental ClientHello reader: feed it bytes as they arrive.
 pub struct HelloParser {
-    acceptor: Acceptor,
+    /// Every byte received, for the replay.
     buf: Vec<u8>,
+    /// Bytes of `buf` consumed as complete records.
+    scanned: usize,
+    /// The handshake bytes of the records so far, only when the hello spans several records.
+    msg: Vec<u8>,
     max: usize,
 }
 
@@ -68,8 +82,9 @@ impl HelloParser {
     /// A parser that refuses to buffer more than `max` bytes.
     pub fn new(max: usize) -> Self {
         HelloParser {
-            acceptor: Acceptor::default(),
             buf: Vec::new(),
+            scanned: 0,
+            msg: Vec::new(),
             max,
         }
     }
@@ -86,40 +101,59 @@ impl HelloParser {
         self.parse_from(start)
     }
 
-    /// Parses the bytes appended to the buffer from `start` on.
+    /// Parses the bytes appended to the buffer from `start` on. Each byte is looked at once
+    /// (a hello sent one byte per segment costs linear time, not quadratic).
     fn parse_from(&mut self, start: usize) -> Result<Option<Hello>, HelloError> {
         if start == 0 {
             match self.buf.first() {
-                Some(0x16) | None => {}
+                Some(&hello_wire::HANDSHAKE) | None => {}
                 Some(&b) => return Err(HelloError::NotTls(b)),
             }
         }
-        let mut rest = &self.buf[start..];
-        while !rest.is_empty() {
-            match self.acceptor.read_tls(&mut rest) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => return Err(HelloError::Malformed(e.to_string())),
-            }
+        let bad = |e: hello_wire::Error| HelloError::Malformed(e.to_string());
+        loop {
+            let (from, end) = match hello_wire::record(&self.buf[self.scanned..]).map_err(bad)? {
+                Record::Incomplete => break,
+                Record::Complete { payload, len } => {
+                    let end = self.scanned + len;
+                    (end - payload.len(), end)
+                }
+            };
+            self.scanned = end;
+            // The usual case, the whole hello in the first record, is read where it lies;
+            // a hello spread over records is joined in `msg`.
+            let body = if self.msg.is_empty() {
+                match hello_wire::message(&self.buf[from..end]).map_err(bad)? {
+                    Some(body) => Some(body),
+                    None => {
+                        self.msg.extend_from_slice(&self.buf[from..end]);
+                        None
+                    }
+                }
+            } else {
+                self.msg.extend_from_slice(&self.buf[from..end]);
+                hello_wire::message(&self.msg).map_err(bad)?
+            };
+            let Some(body) = body else { continue };
+            let fields = hello_wire::client_hello(body).map_err(bad)?;
+            // One spelling for routes, logs and metrics: names are case-insensitive (RFC 4343)
+            // and sent without the root's dot (RFC 6066), as rustls reads them.
+            let sni = fields
+                .sni
+                .map(|n| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase());
+            let alpn = fields.alpn().map(<[u8]>::to_vec).collect();
+            self.msg = Vec::new();
+            return Ok(Some(Hello {
+                sni,
+                alpn,
+                buffered: std::mem::take(&mut self.buf),
+                drained: false,
+            }));
         }
-        match self.acceptor.accept() {
-            Ok(Some(accepted)) => {
-                let ch = accepted.client_hello();
-                let sni = ch.server_name().map(str::to_owned);
-                let alpn = ch
-                    .alpn()
-                    .map(|it| it.map(<[u8]>::to_vec).collect())
-                    .unwrap_or_default();
-                Ok(Some(Hello {
-                    sni,
-                    alpn,
-                    buffered: std::mem::take(&mut self.buf),
-                }))
-            }
-            Ok(None) if self.buf.len() >= self.max => Err(HelloError::TooLarge(self.max)),
-            Ok(None) => Ok(None),
-            Err((e, _alert)) => Err(HelloError::Malformed(e.to_string())),
+        if self.buf.len() >= self.max {
+            return Err(HelloError::TooLarge(self.max));
         }
+        Ok(None)
     }
 
     /// Reads from `r` until the ClientHello is complete, the size bound is hit, or `r` ends.
@@ -132,7 +166,8 @@ impl HelloParser {
             if n == 0 {
                 return Err(HelloError::Closed(start));
             }
-            if let Some(h) = self.parse_from(start)? {
+            if let Some(mut h) = self.parse_from(start)? {
+                h.drained = n < want;
                 return Ok(h);
             }
         }

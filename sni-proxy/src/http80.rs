@@ -36,20 +36,30 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(req, peer, &state).await) }
-            });
-            // A client gets 10 s to send each request head (no slowloris on :80).
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(sock), svc)
-                .await;
-        });
+        tokio::spawn(serve_connection(
+            TokioIo::new(sock),
+            peer,
+            Arc::clone(&state),
+        ));
     }
+}
+
+/// Serves the HTTP/1.1 requests of one :80 connection (a socket, or any byte stream: the
+/// fuzz target drives it with arbitrary bytes).
+pub async fn serve_connection<I>(io: I, peer: SocketAddr, state: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(handle(req, peer, &state).await) }
+    });
+    // A client gets 10 s to send each request head (no slowloris on :80).
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(io, svc)
+        .await;
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {

@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod admin;
 pub mod clienthello;
+pub mod hello_wire;
 pub mod http80;
 pub mod limits;
 pub mod metrics;

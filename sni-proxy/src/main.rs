@@ -61,6 +61,10 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Threads serving connections; 0 means one per CPU. With 1 the runtime is
+    /// single-threaded (no work stealing, no cross-thread wake-ups).
+    #[arg(long, env = "SNI_PROXY_WORKERS", default_value_t = 0)]
+    workers: usize,
 }
 
 /// Binds a TCP listener with a deep accept backlog, as a std socket for the runtime to adopt.
@@ -113,10 +117,19 @@ fn main() -> anyhow::Result<()> {
     // No thread but this one exists yet: capabilities and uid change for the whole process.
     privilege::drop_privileges(cli.user.as_deref())?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = match cli.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
     rt.block_on(serve(cli, routes, tls, http, metrics_l, admin_l))
 }
 

@@ -183,6 +183,9 @@ async fn route(
             return Next::Done(o);
         }
     };
+    if hello.drained {
+        relay::mark_drained(client);
+    }
     state.metrics.hello_time(start.elapsed());
     o.sni = hello.sni.clone();
     o.alpn = hello
@@ -248,21 +251,6 @@ async fn route(
     if route.mode == Mode::Terminate {
         return Next::Terminate(o, route, hello, limits.idle_timeout());
     }
-    let backend = match connect(&route, limits.connect_timeout()).await {
-        Ok(b) => b,
-        Err(e) => {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                warn!(target: "limit", limit = "connect_timeout", route = %route.name,
-                      backend = %route.backend, client = %peer,
-                      "limit hit: backend did not accept in time, closing");
-                state.metrics.limit_hit("connect_timeout");
-            }
-            state.metrics.backend_error(&route.name);
-            o.outcome = "backend_unreachable";
-            o.detail = Some(e.to_string());
-            return Next::Done(o);
-        }
-    };
     let mut first = Vec::with_capacity(52 + hello.buffered.len());
     if route.proxy_protocol {
         let dst = client.local_addr().unwrap_or(peer);
@@ -270,12 +258,27 @@ async fn route(
     }
     first.extend_from_slice(&hello.buffered);
     drop(hello);
-    if let Err(e) = relay::write_all(&backend, &first).await {
-        state.metrics.backend_error(&route.name);
-        o.outcome = "backend_error";
-        o.detail = Some(e.to_string());
-        return Next::Done(o);
-    }
+    let backend = match connect(&route, &first, limits.connect_timeout()).await {
+        Ok(b) => b,
+        Err(e) => {
+            let unreachable =
+                e.kind() == std::io::ErrorKind::TimedOut || e.raw_os_error().is_some_and(refused);
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                warn!(target: "limit", limit = "connect_timeout", route = %route.name,
+                      backend = %route.backend, client = %peer,
+                      "limit hit: backend did not accept in time, closing");
+                state.metrics.limit_hit("connect_timeout");
+            }
+            state.metrics.backend_error(&route.name);
+            o.outcome = if unreachable {
+                "backend_unreachable"
+            } else {
+                "backend_error"
+            };
+            o.detail = Some(e.to_string());
+            return Next::Done(o);
+        }
+    };
     bytes
         .up
         .store(first.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -283,17 +286,40 @@ async fn route(
     Next::Relay(o, route, backend, limits.idle_timeout())
 }
 
-/// Opens the TCP connection to a route's backend within `timeout`.
-async fn connect(route: &Route, timeout: Duration) -> std::io::Result<TcpStream> {
-    let s = tokio::time::timeout(timeout, TcpStream::connect(route.backend))
+/// Errors of a first write that mean the backend was never reached.
+fn refused(errno: i32) -> bool {
+    use nix::errno::Errno;
+    [
+        Errno::ECONNREFUSED,
+        Errno::EHOSTUNREACH,
+        Errno::ENETUNREACH,
+        Errno::ECONNRESET,
+    ]
+    .contains(&Errno::from_raw(errno))
+}
+
+/// Connects to a route's backend and sends `first` (PROXY header and ClientHello), all
+/// within `timeout`. The connect's outcome is learned from the first write: no separate
+/// SO_ERROR query per connection, as `TcpStream::connect` makes.
+async fn connect(route: &Route, first: &[u8], timeout: Duration) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let addr = route.backend;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
+        Err(e) => return Err(e),
+    }
+    let _ = sock.set_nodelay(true);
+    let s = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    tokio::time::timeout(timeout, relay::write_all(&s, first))
         .await
         .map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("connect to {} timed out after {timeout:?}", route.backend),
+                format!("connect to {addr} timed out after {timeout:?}"),
             )
         })??;
-    let _ = s.set_nodelay(true);
     Ok(s)
 }
 

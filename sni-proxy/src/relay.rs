@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// First size of the copy buffer a direction takes when data arrives: handshakes and small
@@ -64,6 +65,16 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Tells the runtime that `s` has nothing left to read, after a read that did not fill its
+/// buffer: TCP hands over everything queued, so the read that would only answer EAGAIN is
+/// skipped (one syscall per burst). Race-free: tokio keeps readiness that arrived after the
+/// read, and end-of-stream (RDHUP) is never cleared.
+pub fn mark_drained(s: &TcpStream) {
+    let _ = s.try_io(Interest::READABLE, || {
+        Err::<(), _>(ErrorKind::WouldBlock.into())
+    });
+}
+
 /// One direction of the relay: what was read and not yet written, and how far it got.
 #[derive(Default)]
 struct Dir {
@@ -81,6 +92,8 @@ struct Dir {
 
 impl Dir {
     /// Moves bytes from `from` to `to` until both would block, or the direction ends.
+    /// `last`: the other direction is finished, so this one's FIN goes with the close.
+    #[allow(clippy::too_many_arguments)] // one direction's whole context, called twice
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -89,6 +102,7 @@ impl Dir {
         sides: (Side, Side),
         count: &AtomicU64,
         active: &mut bool,
+        last: bool,
     ) -> Poll<Result<(), (Side, io::Error)>> {
         let (from_side, to_side) = sides;
         loop {
@@ -111,16 +125,26 @@ impl Dir {
                 continue;
             }
             if self.eof {
-                // FIN from `from`: pass it on, the other direction stays open.
+                // FIN from `from`: pass it on, the other direction stays open. When the other
+                // direction is over, the relay ends and closing `to` sends the FIN.
                 self.done = true;
+                if last {
+                    return Poll::Ready(Ok(()));
+                }
                 return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
                     Ok(()) => Poll::Ready(Ok(())),
                     Err(e) if e.kind() == ErrorKind::NotConnected => Poll::Ready(Ok(())),
                     Err(e) => Poll::Ready(Err((to_side, e))),
                 };
             }
-            if let Err(e) = ready!(from.poll_read_ready(cx)) {
-                return Poll::Ready(Err((from_side, e)));
+            match from.poll_read_ready(cx) {
+                // Everything read was written: idle connections hold no buffer.
+                Poll::Pending => {
+                    self.buf = Vec::new();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((from_side, e))),
+                Poll::Ready(Ok(())) => {}
             }
             if self.buf.capacity() == 0 {
                 self.want = self.want.max(BUF_MIN);
@@ -132,14 +156,15 @@ impl Dir {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     *active = true;
-                    if n == self.buf.capacity() && self.want < BUF_MAX {
+                    if n < self.buf.capacity() {
+                        mark_drained(from);
+                    } else if self.want < BUF_MAX {
                         // A full read: the flow is bulk, a bigger buffer means fewer syscalls.
                         self.want *= 2;
                         self.buf.reserve_exact(self.want - n);
                     }
                 }
-                // Drained: give the buffer back while waiting, idle connections hold none.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.buf = Vec::new(),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err((from_side, e))),
             }
         }
@@ -183,6 +208,7 @@ impl Future for Relay<'_> {
             (Side::Client, Side::Backend),
             &this.bytes.up,
             &mut active,
+            this.down.done,
         );
         if let Poll::Ready(Err((side, e))) = up {
             return Poll::Ready(RelayEnd::Error(side, e));
@@ -194,6 +220,7 @@ impl Future for Relay<'_> {
             (Side::Backend, Side::Client),
             &this.bytes.down,
             &mut active,
+            this.up.done,
         );
         if let Poll::Ready(Err((side, e))) = down {
             return Poll::Ready(RelayEnd::Error(side, e));
@@ -275,6 +302,56 @@ mod tests {
         let (end, up, down) = relay.await.unwrap();
         assert!(matches!(end, RelayEnd::Closed), "{end:?}");
         assert_eq!((up, down), (7, big.len() as u64));
+    }
+
+    /// Reads that do not fill the buffer skip the EAGAIN read (`mark_drained`): bytes that
+    /// arrive right after such a read must still wake the relay, in both directions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bursts_right_after_a_short_read_are_not_lost() {
+        let (mut client_app, c_in) = pair().await;
+        let (b_out, mut backend_app) = pair().await;
+        let relay = tokio::spawn(async move {
+            relay(&c_in, &b_out, Duration::from_secs(5), &Bytes::default()).await
+        });
+        let sizes: Vec<usize> = (0..2000).map(|i| 1 + (i * 7919) % 3000).collect();
+        let total: usize = sizes.iter().sum();
+        let up_sizes = sizes.clone();
+        let writer = tokio::spawn(async move {
+            for (i, n) in up_sizes.into_iter().enumerate() {
+                client_app
+                    .write_all(&vec![(i % 251) as u8; n])
+                    .await
+                    .unwrap();
+                if i % 3 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let mut back = Vec::new();
+            client_app.shutdown().await.unwrap();
+            client_app.read_to_end(&mut back).await.unwrap();
+            back.len()
+        });
+        let mut got = Vec::with_capacity(total);
+        let mut buf = vec![0u8; 4096];
+        while got.len() < total {
+            let n = tokio::time::timeout(Duration::from_secs(10), backend_app.read(&mut buf))
+                .await
+                .expect("the relay stalled")
+                .unwrap();
+            assert!(n > 0, "EOF after {} of {total} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            // Echo each piece back at once: the other direction sees the same pattern.
+            backend_app.write_all(&buf[..n]).await.unwrap();
+        }
+        backend_app.shutdown().await.unwrap();
+        let want: Vec<u8> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| std::iter::repeat_n((i % 251) as u8, *n))
+            .collect();
+        assert!(got == want, "bytes arrived changed or out of order");
+        assert_eq!(writer.await.unwrap(), total, "every echoed byte came back");
+        assert!(matches!(relay.await.unwrap(), RelayEnd::Closed));
     }
 
     #[tokio::test]
