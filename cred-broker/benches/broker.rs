@@ -254,7 +254,11 @@ fn main() {
     // + constant-time scan), cache lookup, JSON body, metrics, audit line.
     {
         let peer: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-        let n = 200_000u32;
+        // BENCH_IN_PROCESS_ONLY=N: N requests of this part, then stop (for `perf record`).
+        let only: Option<u32> = std::env::var("BENCH_IN_PROCESS_ONLY")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let n = only.unwrap_or(200_000);
         let (per_req, per_hash) = _brt.block_on(async {
             let t = Instant::now();
             for _ in 0..n {
@@ -275,6 +279,9 @@ fn main() {
             us(per_req),
             us(per_hash)
         );
+        if only.is_some() {
+            return;
+        }
     }
 
     println!("\n1. cached credentials, 2000 req/s over 16 keep-alive connections; 3 rounds of 5 s, servers alternating");

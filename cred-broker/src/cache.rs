@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 
@@ -59,6 +60,8 @@ impl CacheStatus {
 pub struct Served {
     /// The credentials.
     pub credentials: Arc<Credentials>,
+    /// The 200 answer's body for them, rendered once when they were cached.
+    pub body: Bytes,
     /// Hit or miss.
     pub cache: CacheStatus,
     /// Latency of the STS call this request waited for (misses only).
@@ -74,12 +77,14 @@ pub struct Unavailable {
     pub sts_latency: Option<Duration>,
 }
 
-type FetchResult = Result<(Arc<Credentials>, Duration), (FetchError, Duration)>;
+type FetchResult = Result<(Arc<Credentials>, Bytes, Duration), (FetchError, Duration)>;
 type SharedFetch = Shared<BoxFuture<'static, FetchResult>>;
 
 #[derive(Default)]
 struct SlotState {
     credentials: Option<Arc<Credentials>>,
+    /// The answer body of `credentials`, rendered once: a hit only clones a reference.
+    body: Bytes,
     inflight: Option<SharedFetch>,
     last_error: Option<(Instant, FetchError)>,
     /// Bumped when the tenant's role changes, so an in-flight call for the old role is discarded.
@@ -143,6 +148,7 @@ impl CredentialCache {
                     }
                     return Ok(Served {
                         credentials: c,
+                        body: st.body.clone(),
                         cache: CacheStatus::Hit,
                         sts_latency: None,
                     });
@@ -164,8 +170,9 @@ impl CredentialCache {
             }
         };
         match fetch.await {
-            Ok((credentials, latency)) => Ok(Served {
+            Ok((credentials, body, latency)) => Ok(Served {
                 credentials,
+                body,
                 cache: CacheStatus::Miss,
                 sts_latency: Some(latency),
             }),
@@ -197,18 +204,22 @@ impl CredentialCache {
         let name = tenant.name.to_string();
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let result = source.fetch(tenant).await;
+            let result = source.fetch(tenant.clone()).await;
             let latency = started.elapsed();
             metrics.sts_call(&name, result.is_ok(), latency);
+            let result = result.map(|c| {
+                let body = crate::broker::credentials_body(&c, tenant.account_id());
+                (Arc::new(c), body)
+            });
             let mut st = slot.state.lock().unwrap_or_else(|p| p.into_inner());
             let out = match result {
-                Ok(c) => {
-                    let c = Arc::new(c);
+                Ok((c, body)) => {
                     if st.generation == generation {
                         st.credentials = Some(c.clone());
+                        st.body = body.clone();
                         st.last_error = None;
                     }
-                    Ok((c, latency))
+                    Ok((c, body, latency))
                 }
                 Err(e) => {
                     tracing::warn!(tenant = %name, error = %e, latency_ms = latency.as_millis() as u64, "STS AssumeRole failed");
@@ -243,6 +254,7 @@ impl CredentialCache {
         let mut st = slot.state.lock().unwrap_or_else(|p| p.into_inner());
         st.generation += 1;
         st.credentials = None;
+        st.body = Bytes::new();
         st.inflight = None;
         st.last_error = None;
     }
@@ -416,6 +428,10 @@ mod tests {
             after.credentials.access_key_id, "ASIA1",
             "refreshed credentials served"
         );
+        // The answer body rendered at refresh time is the new credentials', not the old.
+        let body: serde_json::Value = serde_json::from_slice(&after.body).unwrap();
+        assert_eq!(body["AccessKeyId"], "ASIA1");
+        assert_eq!(body["Token"], "t");
     }
 
     #[tokio::test]

@@ -31,8 +31,8 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 type Body = Full<Bytes>;
 
-fn respond(status: u16, content_type: &str, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);
@@ -263,7 +263,7 @@ async fn admin_request(broker: Arc<Broker>, req: Request<Incoming>) -> Response<
         (&Method::GET, ["metrics"]) => {
             respond(200, crate::metrics::CONTENT_TYPE, broker.render_metrics())
         }
-        (&Method::GET, ["healthz"]) => respond(200, "text/plain", "ok\n".into()),
+        (&Method::GET, ["healthz"]) => respond(200, "text/plain", "ok\n"),
         (&Method::GET, ["v1", "tenants"]) => json(200, &broker.list()),
         (&Method::PUT, ["v1", "tenants", name]) => {
             let name = (*name).to_owned();
