@@ -412,7 +412,7 @@ stream {{ map $ssl_preread_server_name $be {{ {NAME} 127.0.0.1:{b}; default 127.
     std::fs::write(
         dir.join("routes.toml"),
         format!(
-            "[limits]\nmax_connections = 100000\nmax_connections_per_ip = 100000\n\
+            "[limits]\nmax_connections = 100000\nmax_connections_per_ip = 100000\nnew_connections_per_second_per_ip = 1000000\n\
              max_connections_per_tenant = 100000\nnew_connections_per_second_per_tenant = 1000000\n\n\
              [[route]]\nsni = \"{NAME}\"\nbackend = \"127.0.0.1:{b}\"\n"
         ),

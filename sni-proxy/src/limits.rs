@@ -1,9 +1,13 @@
-//! Connection limits: in total and per source IP. A permit is held for a connection's life.
+//! Connection limits at accept, before a byte is read: open connections in total and per
+//! source IP, and new connections per second per source IP. A permit is held for a
+//! connection's life. A refused connection costs an accept and a close, nothing more: no
+//! ClientHello parse, no backend connect.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Which limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +16,8 @@ pub enum LimitHit {
     Total(usize),
     /// `max_connections_per_ip` reached for this source.
     PerIp(usize),
+    /// `new_connections_per_second_per_ip` used up by this source in the current second.
+    PerIpRate(usize),
 }
 
 impl LimitHit {
@@ -20,6 +26,47 @@ impl LimitHit {
         match self {
             LimitHit::Total(_) => "max_connections",
             LimitHit::PerIp(_) => "max_connections_per_ip",
+            LimitHit::PerIpRate(_) => "new_connections_per_second_per_ip",
+        }
+    }
+
+    /// The limit's value.
+    pub fn max(&self) -> usize {
+        match self {
+            LimitHit::Total(n) | LimitHit::PerIp(n) | LimitHit::PerIpRate(n) => *n,
+        }
+    }
+
+    fn index(&self) -> usize {
+        match self {
+            LimitHit::Total(_) => 0,
+            LimitHit::PerIp(_) => 1,
+            LimitHit::PerIpRate(_) => 2,
+        }
+    }
+}
+
+/// A flood of refusals is logged once per limit every this long, with the count it stands for.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Per-source state, under one lock.
+#[derive(Debug)]
+struct Sources {
+    /// Connections open now, per source.
+    open: HashMap<IpAddr, usize>,
+    /// Connections admitted per source in the current one-second window.
+    started: HashMap<IpAddr, usize>,
+    /// When the current window began; the counts are dropped as a whole when it ends, so
+    /// the map holds only the sources of the last second.
+    window: Instant,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources {
+            open: HashMap::new(),
+            started: HashMap::new(),
+            window: Instant::now(),
         }
     }
 }
@@ -28,7 +75,12 @@ impl LimitHit {
 #[derive(Debug, Default)]
 pub struct ConnLimiter {
     total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Mutex<Sources>,
+    /// Per limit (see `LimitHit::index`): when a refusal was last logged (ms since
+    /// `epoch`, plus one so that 0 means never), and refusals not logged since.
+    logged: [AtomicU64; 3],
+    unlogged: [AtomicU64; 3],
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 /// Proof that a connection was admitted; dropping it frees the slot.
@@ -50,16 +102,26 @@ impl ConnLimiter {
         ip: IpAddr,
         max_total: usize,
         max_per_ip: usize,
+        per_ip_per_second: usize,
     ) -> Result<Permit, LimitHit> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut src = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if self.total.load(Ordering::Relaxed) >= max_total {
             return Err(LimitHit::Total(max_total));
         }
-        let n = per_ip.entry(ip).or_insert(0);
+        if src.window.elapsed() >= Duration::from_secs(1) {
+            src.window = Instant::now();
+            src.started.clear();
+        }
+        let started = src.started.get(&ip).copied().unwrap_or(0);
+        if started >= per_ip_per_second {
+            return Err(LimitHit::PerIpRate(per_ip_per_second));
+        }
+        let n = src.open.entry(ip).or_insert(0);
         if *n >= max_per_ip {
             return Err(LimitHit::PerIp(max_per_ip));
         }
         *n += 1;
+        src.started.insert(ip, started + 1);
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(Permit {
             limiter: Arc::clone(self),
@@ -68,17 +130,37 @@ impl ConnLimiter {
     }
 }
 
+impl ConnLimiter {
+    /// Counts a refusal by `hit`; returns how many refusals of that limit to report when a
+    /// log line is due (the first, then one line per `LOG_EVERY`), so a flood cannot flood
+    /// the log.
+    pub fn log_refusal(&self, hit: LimitHit) -> Option<u64> {
+        let i = hit.index();
+        let n = self.unlogged[i].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = self.logged[i].load(Ordering::Relaxed);
+        let due = last == 0 || now >= last + LOG_EVERY.as_millis() as u64;
+        (due && self.logged[i]
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok())
+        .then(|| {
+            self.unlogged[i].fetch_sub(n, Ordering::Relaxed);
+            n
+        })
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut per_ip = self
+        let mut src = self
             .limiter
             .per_ip
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        if let Some(n) = src.open.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.ip);
+                src.open.remove(&self.ip);
             }
         }
         self.limiter.total.fetch_sub(1, Ordering::Relaxed);
@@ -94,14 +176,48 @@ mod tests {
         let l = Arc::new(ConnLimiter::default());
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let p1 = l.try_acquire(a, 3, 2).unwrap();
-        let _p2 = l.try_acquire(a, 3, 2).unwrap();
-        assert_eq!(l.try_acquire(a, 3, 2).unwrap_err(), LimitHit::PerIp(2));
-        let _p3 = l.try_acquire(b, 3, 2).unwrap();
-        assert_eq!(l.try_acquire(b, 3, 2).unwrap_err(), LimitHit::Total(3));
+        let p1 = l.try_acquire(a, 3, 2, 100).unwrap();
+        let _p2 = l.try_acquire(a, 3, 2, 100).unwrap();
+        assert_eq!(l.try_acquire(a, 3, 2, 100).unwrap_err(), LimitHit::PerIp(2));
+        let _p3 = l.try_acquire(b, 3, 2, 100).unwrap();
+        assert_eq!(l.try_acquire(b, 3, 2, 100).unwrap_err(), LimitHit::Total(3));
         assert_eq!(l.open(), 3);
         drop(p1);
         assert_eq!(l.open(), 2);
-        let _p4 = l.try_acquire(a, 3, 2).unwrap();
+        let _p4 = l.try_acquire(a, 3, 2, 100).unwrap();
+    }
+
+    #[test]
+    fn new_connections_per_second_per_source() {
+        let l = Arc::new(ConnLimiter::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // Short connections: each closes before the next, the rate still counts them.
+        for _ in 0..3 {
+            drop(l.try_acquire(a, 100, 100, 3).unwrap());
+        }
+        assert_eq!(
+            l.try_acquire(a, 100, 100, 3).unwrap_err(),
+            LimitHit::PerIpRate(3)
+        );
+        drop(l.try_acquire(b, 100, 100, 3).unwrap());
+        std::thread::sleep(Duration::from_millis(1050));
+        drop(l.try_acquire(a, 100, 100, 3).unwrap());
+        assert_eq!(l.open(), 0);
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_logged_once_per_interval() {
+        let l = ConnLimiter::default();
+        let hit = LimitHit::PerIpRate(3);
+        assert_eq!(l.log_refusal(hit), Some(1), "the first refusal is logged");
+        assert_eq!(l.log_refusal(hit), None);
+        assert_eq!(l.log_refusal(hit), None);
+        assert_eq!(
+            l.log_refusal(LimitHit::PerIp(2)),
+            Some(1),
+            "each limit on its own"
+        );
+        assert_eq!(l.unlogged[hit.index()].load(Ordering::Relaxed), 2);
     }
 }

@@ -39,13 +39,14 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Re
             peer.ip(),
             l.max_connections,
             l.max_connections_per_ip,
+            l.new_connections_per_second_per_ip,
         ) {
             Ok(p) => p,
             Err(hit) => {
-                let limit = hit.label();
-                let (crate::limits::LimitHit::Total(max) | crate::limits::LimitHit::PerIp(max)) =
-                    hit;
-                warn!(target: "limit", limit, max, client = %peer, "limit hit: connection refused");
+                let (limit, max) = (hit.label(), hit.max());
+                if let Some(refused) = state.limiter.log_refusal(hit) {
+                    warn!(target: "limit", limit, max, refused, client = %peer, "limit hit: connection refused");
+                }
                 state.metrics.limit_hit(limit);
                 state.metrics.connection("-", "refused_limit", 0, 0);
                 continue;

@@ -116,6 +116,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections open at once on :443 from one source IP.
     pub max_connections_per_ip: usize,
+    /// New :443 connections accepted per second from one source IP (counted per one-second
+    /// window); more are closed at accept, before any byte is read.
+    pub new_connections_per_second_per_ip: usize,
     /// Bytes of TLS records buffered while waiting for a complete ClientHello.
     pub max_client_hello_bytes: usize,
     /// Time a client has to send its complete ClientHello, in milliseconds.
@@ -140,6 +143,7 @@ impl Default for Limits {
         Limits {
             max_connections: 20_000,
             max_connections_per_ip: 256,
+            new_connections_per_second_per_ip: 200,
             max_client_hello_bytes: 16 * 1024,
             client_hello_timeout_ms: 5_000,
             idle_timeout_secs: 600,
@@ -275,6 +279,10 @@ impl RouteTable {
         for (name, v) in [
             ("max_connections", l.max_connections as u64),
             ("max_connections_per_ip", l.max_connections_per_ip as u64),
+            (
+                "new_connections_per_second_per_ip",
+                l.new_connections_per_second_per_ip as u64,
+            ),
             ("max_client_hello_bytes", l.max_client_hello_bytes as u64),
             ("client_hello_timeout_ms", l.client_hello_timeout_ms),
             ("idle_timeout_secs", l.idle_timeout_secs),

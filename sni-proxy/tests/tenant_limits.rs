@@ -1,7 +1,8 @@
 //! One tenant's share of the proxy: at most `max_connections_per_tenant` open and
 //! `new_connections_per_second_per_tenant` admitted per second, over all its names, while
 //! another tenant is admitted as usual; a flood is logged once (with its count), and each
-//! refusal is counted per tenant.
+//! refusal is counted per tenant. One source's share: `new_connections_per_second_per_ip`,
+//! refused at accept while another source is admitted.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -109,4 +110,59 @@ fn a_flood_of_new_connections_is_cut_to_the_tenants_rate_and_logged_once() {
         .unwrap();
     assert_eq!(refused + admitted, 40, "{m}");
     drop(conns);
+}
+
+#[test]
+fn a_flood_from_one_source_is_cut_at_accept_while_another_source_is_admitted() {
+    let dir = TempDir::new("source-rate");
+    let (port, accepted) = backend();
+    let routes = routes(port, 1000, 1000).replace(
+        "[limits]\n",
+        "[limits]\nnew_connections_per_second_per_ip = 5\n",
+    );
+    let proxy = Proxy::start(&dir, &routes, &[]);
+    let calm = capture_client_hello("calm.test");
+    let conns: Vec<TcpStream> = (0..40).map(|_| hello(&proxy, &calm)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut admitted = 0;
+    while accepted.try_recv().is_ok() {
+        admitted += 1;
+    }
+    assert!(
+        (5..=10).contains(&admitted),
+        "about a second's worth (5) of 40 from 127.0.0.1 admitted, got {admitted}"
+    );
+    // Another source address (loopback's 127.0.0.2) has its own share.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.2:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.connect(&proxy.tls.into()).unwrap();
+    let mut other: TcpStream = sock.into();
+    other.write_all(&calm).unwrap();
+    accepted
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a connection from another source is admitted");
+    let log = proxy.proc.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("limit=\"new_connections_per_second_per_ip\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for the flood:\n{log}");
+    let m = proxy.metrics_text();
+    let refused = m
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                r#"m8trx_proxy_limit_hits_total{limit="new_connections_per_second_per_ip"}"#,
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no refusal counted: {m}"));
+    assert_eq!(refused + admitted, 40, "every refusal counted: {m}");
+    drop((conns, other));
 }

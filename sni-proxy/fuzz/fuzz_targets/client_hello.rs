@@ -8,13 +8,18 @@ use libfuzzer_sys::fuzz_target;
 use sni_proxy::clienthello::{Hello, HelloError, HelloParser};
 
 /// What a reading ended in, comparable across readings.
-fn summary(r: Result<Option<Hello>, HelloError>) -> Result<Option<(Option<String>, Vec<Vec<u8>>, Vec<u8>)>, &'static str> {
-    r.map(|h| h.map(|h| (h.sni, h.alpn, h.buffered))).map_err(|e| e.outcome())
+fn summary(
+    r: Result<Option<Hello>, HelloError>,
+) -> Result<Option<(Option<String>, Vec<Vec<u8>>, Vec<u8>)>, &'static str> {
+    r.map(|h| h.map(|h| (h.sni, h.alpn, h.buffered)))
+        .map_err(|e| e.outcome())
 }
 
 fuzz_target!(|data: &[u8]| {
     // The first byte chooses the segment size of the split reading (1..=64).
-    let Some((&seg, wire)) = data.split_first() else { return };
+    let Some((&seg, wire)) = data.split_first() else {
+        return;
+    };
     let max = 16384;
     let whole = summary(HelloParser::new(max).feed(wire));
     let mut p = HelloParser::new(max);
@@ -33,7 +38,11 @@ fuzz_target!(|data: &[u8]| {
         _ => {}
     }
     if let Ok(Some((sni, alpn, buffered))) = &whole {
-        assert_eq!(buffered.as_slice(), wire, "every byte is kept for the replay");
+        assert_eq!(
+            buffered.as_slice(),
+            wire,
+            "every byte is kept for the replay"
+        );
         let _ = (sni, alpn);
     }
 
@@ -49,8 +58,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(accepted)) = acceptor.accept() {
         let ch = accepted.client_hello();
         let theirs_sni = ch.server_name().map(str::to_owned);
-        let theirs_alpn: Vec<Vec<u8>> =
-            ch.alpn().map(|it| it.map(<[u8]>::to_vec).collect()).unwrap_or_default();
+        let theirs_alpn: Vec<Vec<u8>> = ch
+            .alpn()
+            .map(|it| it.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
         match &whole {
             Ok(Some((sni, alpn, _))) => {
                 assert_eq!(sni, &theirs_sni, "host name differs from rustls'");

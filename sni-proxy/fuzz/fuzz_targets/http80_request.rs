@@ -30,7 +30,10 @@ http = "forward"
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
     })
 }
 
@@ -65,11 +68,21 @@ fuzz_target!(|data: &[u8]| {
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;
         let mut out = Vec::new();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut out));
-        assert!(read.await.is_ok(), "the service neither answered nor closed within 5 s");
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut out),
+        );
+        assert!(
+            read.await.is_ok(),
+            "the service neither answered nor closed within 5 s"
+        );
         if !out.is_empty() {
             // HTTP/1.0 requests are answered in HTTP/1.0.
-            assert!(out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "), "not an HTTP/1.x response: {:?}", String::from_utf8_lossy(&out[..out.len().min(64)]));
+            assert!(
+                out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "),
+                "not an HTTP/1.x response: {:?}",
+                String::from_utf8_lossy(&out[..out.len().min(64)])
+            );
         }
         conn.await.expect("the connection task must not panic");
     });

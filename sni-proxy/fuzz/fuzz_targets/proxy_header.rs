@@ -33,23 +33,41 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 38 {
         return;
     }
-    let (Some(src), Some(dst)) = (addr(&data[..19]), addr(&data[19..38])) else { return };
+    let (Some(src), Some(dst)) = (addr(&data[..19]), addr(&data[19..38])) else {
+        return;
+    };
     let h = sni_proxy::proxy_protocol::v2_header(src, dst);
     let parsed = v2::Header::try_from(h.as_slice()).expect("a well-formed PROXY v2 header");
     assert_eq!(parsed.command, v2::Command::Proxy);
     assert_eq!(parsed.protocol, v2::Protocol::Stream);
     assert_eq!(parsed.len(), h.len(), "nothing but the header");
-    let (want_src, want_dst) = if src.is_ipv4() && dst.is_ipv4() { (src, dst) } else { (v6(src), v6(dst)) };
+    let (want_src, want_dst) = if src.is_ipv4() && dst.is_ipv4() {
+        (src, dst)
+    } else {
+        (v6(src), v6(dst))
+    };
     match parsed.addresses {
         v2::Addresses::IPv4(a) => {
             assert!(want_src.is_ipv4());
-            assert_eq!(SocketAddr::from((a.source_address, a.source_port)), want_src);
-            assert_eq!(SocketAddr::from((a.destination_address, a.destination_port)), want_dst);
+            assert_eq!(
+                SocketAddr::from((a.source_address, a.source_port)),
+                want_src
+            );
+            assert_eq!(
+                SocketAddr::from((a.destination_address, a.destination_port)),
+                want_dst
+            );
         }
         v2::Addresses::IPv6(a) => {
             assert!(want_src.is_ipv6());
-            assert_eq!(SocketAddr::from((a.source_address, a.source_port)), want_src);
-            assert_eq!(SocketAddr::from((a.destination_address, a.destination_port)), want_dst);
+            assert_eq!(
+                SocketAddr::from((a.source_address, a.source_port)),
+                want_src
+            );
+            assert_eq!(
+                SocketAddr::from((a.destination_address, a.destination_port)),
+                want_dst
+            );
         }
         other => panic!("unexpected addresses {other:?}"),
     }
