@@ -21,6 +21,9 @@
 //! and prints, for each, B's p50 and p99 and the p99's ratio to the baseline beside the goal
 //! (≤ 1.2×). The broker's share is measured by cred-broker's own test and bench, not here.
 //!
+//! `M8TRX_BENCH_NOISES` (e.g. `cpu,connections`) runs only the named noises after the
+//! baseline; all of them by default.
+//!
 //! Needs root, `make test`'s environment and the release build of sni-proxy (`make
 //! bench-fairness` builds it). Not part of `make test`.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark: a panic is the report
@@ -325,7 +328,14 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut baseline = None;
-    for (what, unit, make) in &phases {
+    let only = std::env::var("M8TRX_BENCH_NOISES").ok();
+    let chosen = |what: &str| {
+        what == "idle neighbour"
+            || only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n.trim() == what))
+    };
+    for (what, unit, make) in phases.iter().filter(|(w, _, _)| chosen(w)) {
         let noise = make();
         std::thread::sleep(Duration::from_secs(3)); // the noise at full strength
         let t = Instant::now();
