@@ -211,8 +211,7 @@ fn main() {
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench-secret");
     // Audit lines are formatted as in production (JSON) and written to a sink.
     tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
+        .event_format(cred_broker::json_log::JsonLines)
         .with_writer(std::io::sink)
         .init();
     let client = tokio::runtime::Builder::new_multi_thread()

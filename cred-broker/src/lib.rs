@@ -5,6 +5,7 @@
 pub mod admin_client;
 pub mod broker;
 pub mod cache;
+pub mod json_log;
 pub mod limits;
 pub mod metrics;
 pub mod registry;

@@ -169,7 +169,9 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .event_format(cred_broker::json_log::JsonLines)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
