@@ -44,6 +44,26 @@ fn backend() -> (u16, std::sync::mpsc::Receiver<TcpStream>) {
     (port, rx)
 }
 
+/// 40 connections at once from 127.0.0.1 against a rate of 5 per second: about a second's
+/// worth must reach the backend. Returns the connections (kept open) and that count.
+fn flood(
+    proxy: &Proxy,
+    record: &[u8],
+    accepted: &std::sync::mpsc::Receiver<TcpStream>,
+) -> (Vec<TcpStream>, usize) {
+    let conns: Vec<TcpStream> = (0..40).map(|_| hello(proxy, record)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut admitted = 0;
+    while accepted.try_recv().is_ok() {
+        admitted += 1;
+    }
+    assert!(
+        (5..=10).contains(&admitted),
+        "about a second's worth (5) of 40 admitted, got {admitted}"
+    );
+    (conns, admitted)
+}
+
 #[test]
 fn a_tenant_gets_its_share_of_open_connections_over_all_its_names() {
     let dir = TempDir::new("tenant-open");
@@ -86,16 +106,7 @@ fn a_flood_of_new_connections_is_cut_to_the_tenants_rate_and_logged_once() {
     let (port, accepted) = backend();
     let proxy = Proxy::start(&dir, &routes(port, 1000, 5), &[]);
     let a = capture_client_hello("a.busy.test");
-    let conns: Vec<TcpStream> = (0..40).map(|_| hello(&proxy, &a)).collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let mut admitted = 0;
-    while accepted.try_recv().is_ok() {
-        admitted += 1;
-    }
-    assert!(
-        (5..=10).contains(&admitted),
-        "about a second's worth (5) of 40 admitted, got {admitted}"
-    );
+    let (conns, admitted) = flood(&proxy, &a, &accepted);
     let log = proxy.proc.log();
     assert_eq!(
         log.matches("limit hit: tenant connection refused").count(),
@@ -122,16 +133,7 @@ fn a_flood_from_one_source_is_cut_at_accept_while_another_source_is_admitted() {
     );
     let proxy = Proxy::start(&dir, &routes, &[]);
     let calm = capture_client_hello("calm.test");
-    let conns: Vec<TcpStream> = (0..40).map(|_| hello(&proxy, &calm)).collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let mut admitted = 0;
-    while accepted.try_recv().is_ok() {
-        admitted += 1;
-    }
-    assert!(
-        (5..=10).contains(&admitted),
-        "about a second's worth (5) of 40 from 127.0.0.1 admitted, got {admitted}"
-    );
+    let (conns, admitted) = flood(&proxy, &calm, &accepted);
     // Another source address (loopback's 127.0.0.2) has its own share.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.bind(
