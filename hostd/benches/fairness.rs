@@ -361,8 +361,10 @@ fn main() {
     }
     let log = std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
     println!(
-        "sni-proxy refused A's connections past its share {} time(s) in the log (one line per interval)",
-        log.matches("limit hit: tenant connection refused").count()
+        "sni-proxy's refusal lines (one per limit and interval): {} past the tenant's share, \
+         {} at accept (per source or in total)",
+        log.matches("limit hit: tenant connection refused").count(),
+        log.matches("limit hit: connection refused").count()
     );
     for name in [&a, &b] {
         d.ok(&["destroy", name, "--wipe"]);
