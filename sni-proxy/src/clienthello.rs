@@ -26,8 +26,6 @@ pub struct Hello {
     pub alpn: Vec<Vec<u8>>,
     /// Every byte received so far, to be sent to the backend first.
     pub buffered: Vec<u8>,
-    /// The last read did not fill its buffer: the socket had nothing more queued.
-    pub drained: bool,
 }
 
 /// Why no ClientHello could be read; each maps to one outcome in logs and metrics.
@@ -147,7 +145,6 @@ impl HelloParser {
                 sni,
                 alpn,
                 buffered: std::mem::take(&mut self.buf),
-                drained: false,
             }));
         }
         if self.buf.len() >= self.max {
@@ -166,8 +163,7 @@ impl HelloParser {
             if n == 0 {
                 return Err(HelloError::Closed(start));
             }
-            if let Some(mut h) = self.parse_from(start)? {
-                h.drained = n < want;
+            if let Some(h) = self.parse_from(start)? {
                 return Ok(h);
             }
         }

@@ -207,9 +207,6 @@ async fn route(
             return Next::Done(o);
         }
     };
-    if hello.drained {
-        relay::mark_drained(client);
-    }
     state.metrics.hello_time(start.elapsed());
     o.sni = hello.sni.clone();
     o.alpn = hello

@@ -65,14 +65,30 @@ pub async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Tells the runtime that `s` has nothing left to read, after a read that did not fill its
-/// buffer: TCP hands over everything queued, so the read that would only answer EAGAIN is
-/// skipped (one syscall per burst). Race-free: tokio keeps readiness that arrived after the
-/// read, and end-of-stream (RDHUP) is never cleared.
-pub fn mark_drained(s: &TcpStream) {
-    let _ = s.try_io(Interest::READABLE, || {
-        Err::<(), _>(ErrorKind::WouldBlock.into())
+/// Reads from `s` into `buf`'s spare capacity: `Ok(0)` at end of stream.
+///
+/// A read that does not fill the buffer emptied the socket (TCP hands over everything
+/// queued), so the socket's readiness is cleared as an EAGAIN would clear it, and the read
+/// that would only answer EAGAIN is skipped (one syscall per burst). The read runs inside
+/// `try_io`, which clears only the readiness seen *before* the read: bytes that arrive
+/// during or after it keep the socket readable (tokio's tick), and end-of-stream (RDHUP)
+/// is never cleared.
+fn read_some(s: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = None;
+    let res = s.try_io(Interest::READABLE, || {
+        let n = s.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < room {
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
     });
+    match (res, got) {
+        (Err(e), Some(n)) if e.kind() == ErrorKind::WouldBlock => Ok(n),
+        (res, _) => res,
+    }
 }
 
 /// One direction of the relay: what was read and not yet written, and how far it got.
@@ -152,13 +168,11 @@ impl Dir {
             }
             self.buf.clear();
             self.pos = 0;
-            match from.try_read_buf(&mut self.buf) {
+            match read_some(from, &mut self.buf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
                     *active = true;
-                    if n < self.buf.capacity() {
-                        mark_drained(from);
-                    } else if self.want < BUF_MAX {
+                    if n == self.buf.capacity() && self.want < BUF_MAX {
                         // A full read: the flow is bulk, a bigger buffer means fewer syscalls.
                         self.want *= 2;
                         self.buf.reserve_exact(self.want - n);
@@ -304,7 +318,7 @@ mod tests {
         assert_eq!((up, down), (7, big.len() as u64));
     }
 
-    /// Reads that do not fill the buffer skip the EAGAIN read (`mark_drained`): bytes that
+    /// Reads that do not fill the buffer skip the EAGAIN read (`read_some`): bytes that
     /// arrive right after such a read must still wake the relay, in both directions.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bursts_right_after_a_short_read_are_not_lost() {
