@@ -21,13 +21,9 @@ pub struct Counters {
     last: AtomicU64,
     /// New connections admitted this second: (tokens left, when last refilled).
     bucket: Mutex<Option<(f64, Instant)>>,
-    /// When a refusal was last logged (seconds since the epoch), and refusals since.
-    logged: AtomicU64,
-    unlogged: AtomicU64,
+    /// Refusals, and when a line about them was last logged.
+    refusals: crate::limits::RefusalLog,
 }
-
-/// A flood is logged once per tenant every this many seconds, with the count it stands for.
-const LOG_EVERY_SECS: u64 = 10;
 
 /// Which per-tenant limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,20 +117,9 @@ impl Activity {
     }
 
     /// Whether a refusal of `tenant` should be logged now: at most once every
-    /// `LOG_EVERY_SECS`, giving the refusals the line stands for (this one included).
+    /// 10 s (see `RefusalLog`), giving the refusals the line stands for (this one included).
     pub fn log_refusal(&self, tenant: &str) -> Option<u64> {
-        let c = self.counters(tenant);
-        let n = c.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
-        let t = now();
-        let last = c.logged.load(Ordering::Relaxed);
-        (t >= last + LOG_EVERY_SECS
-            && c.logged
-                .compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok())
-        .then(|| {
-            c.unlogged.fetch_sub(n, Ordering::Relaxed);
-            n
-        })
+        self.counters(tenant).refusals.refused()
     }
 
     /// Every tenant seen since the proxy started.

@@ -46,8 +46,44 @@ impl LimitHit {
     }
 }
 
-/// A flood of refusals is logged once per limit every this long, with the count it stands for.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+/// A flood of refusals is logged once every this many seconds, with the count it stands for.
+const LOG_EVERY_SECS: u64 = 10;
+
+/// Refusals of one limit (or one tenant's limits) and when a line about them was last
+/// logged, so that a flood gives one log line per interval instead of one per refusal.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    /// Seconds since the Unix epoch of the last line; 0: none yet.
+    logged: AtomicU64,
+    /// Refusals since that line.
+    unlogged: AtomicU64,
+}
+
+impl RefusalLog {
+    /// Counts a refusal; returns how many refusals a line should report when one is due
+    /// (the first refusal, then at most one line every `LOG_EVERY_SECS`).
+    pub fn refused(&self) -> Option<u64> {
+        let n = self.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.logged.load(Ordering::Relaxed);
+        (t >= last + LOG_EVERY_SECS
+            && self
+                .logged
+                .compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok())
+        .then(|| {
+            self.unlogged.fetch_sub(n, Ordering::Relaxed);
+            n
+        })
+    }
+
+    /// Refusals not reported by a line yet.
+    pub fn unlogged(&self) -> u64 {
+        self.unlogged.load(Ordering::Relaxed)
+    }
+}
 
 /// Per-source state, under one lock.
 #[derive(Debug)]
@@ -76,11 +112,8 @@ impl Default for Sources {
 pub struct ConnLimiter {
     total: AtomicUsize,
     per_ip: Mutex<Sources>,
-    /// Per limit (see `LimitHit::index`): when a refusal was last logged (ms since
-    /// `epoch`, plus one so that 0 means never), and refusals not logged since.
-    logged: [AtomicU64; 3],
-    unlogged: [AtomicU64; 3],
-    epoch: std::sync::OnceLock<Instant>,
+    /// Refusals per limit (see `LimitHit::index`).
+    refusals: [RefusalLog; 3],
 }
 
 /// Proof that a connection was admitted; dropping it frees the slot.
@@ -131,22 +164,10 @@ impl ConnLimiter {
 }
 
 impl ConnLimiter {
-    /// Counts a refusal by `hit`; returns how many refusals of that limit to report when a
-    /// log line is due (the first, then one line per `LOG_EVERY`), so a flood cannot flood
-    /// the log.
+    /// Counts a refusal by `hit`; how many refusals of that limit a log line should report,
+    /// when one is due (see [`RefusalLog`]).
     pub fn log_refusal(&self, hit: LimitHit) -> Option<u64> {
-        let i = hit.index();
-        let n = self.unlogged[i].fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
-        let last = self.logged[i].load(Ordering::Relaxed);
-        let due = last == 0 || now >= last + LOG_EVERY.as_millis() as u64;
-        (due && self.logged[i]
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok())
-        .then(|| {
-            self.unlogged[i].fetch_sub(n, Ordering::Relaxed);
-            n
-        })
+        self.refusals[hit.index()].refused()
     }
 }
 
@@ -218,6 +239,6 @@ mod tests {
             Some(1),
             "each limit on its own"
         );
-        assert_eq!(l.unlogged[hit.index()].load(Ordering::Relaxed), 2);
+        assert_eq!(l.refusals[hit.index()].unlogged(), 2);
     }
 }
