@@ -199,8 +199,12 @@ async fn list(State(d): State<Arc<Daemon>>) -> Response {
 async fn status(State(d): State<Arc<Daemon>>, UrlPath(name): UrlPath<String>) -> Response {
     match d.host.existing(&name) {
         Ok(r) => {
+            let drift = d.host.drift(&r).await;
+            // The checks may take seconds (an engine that stops answering as it is frozen):
+            // the summary is of the record as it is after them, not as it was before.
+            let r = d.host.existing(&name).unwrap_or(r);
             let mut v = summary(&d, &r);
-            v["steps_not_in_place"] = json!(d.host.drift(&r).await);
+            v["steps_not_in_place"] = json!(drift);
             Json(v).into_response()
         }
         Err(e) => host_error(&e),

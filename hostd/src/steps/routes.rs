@@ -19,24 +19,46 @@ pub struct Routes;
 /// route marked asleep.
 const NOWHERE: &str = "0.0.0.0";
 
+/// Why the routes are computed, which decides how long the engine may take to answer.
+#[derive(Clone, Copy)]
+enum Purpose {
+    /// To set them, under the tenant's lock: nothing freezes the engine meanwhile.
+    Apply,
+    /// To compare them (status, drift), without the lock: the idle policy may freeze the
+    /// engine after the record was read, and a call to a frozen engine hangs until the thaw.
+    Look,
+}
+
 /// The routes the tenant should have now: to its running ingress while it is awake, marked
 /// asleep while it is frozen or asleep, none while it does not serve or has no ingress.
-async fn wanted(host: &Host, rec: &Record) -> Vec<TenantRoute> {
+/// `None` when a look could not reach the engine in time (unknown, not "none").
+async fn wanted(host: &Host, rec: &Record, purpose: Purpose) -> Option<Vec<TenantRoute>> {
     if !rec.serving() {
-        return Vec::new();
+        return Some(Vec::new());
     }
     if !rec.awake() {
-        return routes_to(rec, rec.ingress_ip.as_deref().unwrap_or(NOWHERE), true);
+        return Some(routes_to(
+            rec,
+            rec.ingress_ip.as_deref().unwrap_or(NOWHERE),
+            true,
+        ));
     }
-    let Ok(docker) = super::engine::docker(host, rec).await else {
-        return Vec::new();
+    let docker = match purpose {
+        Purpose::Apply => super::engine::docker(host, rec).await.ok(),
+        Purpose::Look => match host.docker_to_read(rec).await {
+            Ok(d) => Some(d),
+            Err(_) => return None,
+        },
+    };
+    let Some(docker) = docker else {
+        return Some(Vec::new());
     };
     let ingress = rec.spec.ingress();
     let project = rec.spec.name.compose_project();
     let Some(ip) = crate::containers::ingress_ip(&docker, &project, &ingress.service).await else {
-        return Vec::new();
+        return Some(Vec::new());
     };
-    routes_to(rec, &ip, false)
+    Some(routes_to(rec, &ip, false))
 }
 
 /// The tenant's routes to an ingress container at `ip`, awake or asleep.
@@ -75,7 +97,9 @@ impl Step for Routes {
             return Ok(());
         };
         let admin = ProxyAdmin::new(sock);
-        let routes = wanted(run.host, run.rec).await;
+        let routes = wanted(run.host, run.rec, Purpose::Apply)
+            .await
+            .unwrap_or_default();
         if routes.is_empty() {
             return remove_all(run, &admin).await;
         }
@@ -109,7 +133,9 @@ impl Step for Routes {
             return Ok(true);
         };
         let have = ProxyAdmin::new(sock).backends().await?;
-        let want = wanted(host, rec).await;
+        let Some(want) = wanted(host, rec, Purpose::Look).await else {
+            return Ok(false);
+        };
         if want.is_empty() {
             return Ok(!have
                 .iter()
