@@ -1,36 +1,43 @@
-//! The small HTTP/JSON API behind the dashboard's deploy form. Deploys and deletes run as
+//! The small HTTP/JSON API behind the dashboard's deploy form. Every route but `/healthz`
+//! needs a bearer token with the route's scope (`auth`). Deploys and deletes run as durable
 //! jobs (202 + job id); the dashboard polls `GET /v1/jobs/{id}?since=N` for progress lines.
 //! Validation happens before a job starts, so a refused form gets 422 with per-field errors.
+//! An `Idempotency-Key` header makes a re-sent submission return the job it already made.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use m8trx_spec::CustomerName;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::auth::Caller;
 use crate::error::ControlError;
-use crate::jobs::JobTable;
+use crate::job_action::JobAction;
+use crate::jobs::{Idempotency, JobFilter, JobTable, SubmitError, Submitted};
 use crate::ops::Control;
-use crate::progress::Progress;
 use crate::request::{DeployRequest, FieldError};
+use crate::store::{Store, StoreError};
 
-/// Shared state of the API: the configured control and the job table.
+/// Shared state of the API: the configured control, the job table and the state file.
 #[derive(Clone)]
 pub struct ApiState {
     /// Control operations.
     pub control: Arc<Control>,
     /// Running and finished jobs.
     pub jobs: JobTable,
+    /// The state file (tokens).
+    pub store: Arc<Store>,
 }
 
-/// All routes of the API.
+/// All routes of the API, each behind the bearer-token check (`/healthz` excepted).
 pub fn router(state: ApiState) -> Router {
+    let auth = axum::middleware::from_fn_with_state(state.store.clone(), crate::auth::require);
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
         .route("/v1/validate", post(validate))
@@ -39,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/deployments/{name}/compose", post(deploy_compose))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
+        .layer(auth)
         .with_state(state)
 }
 
@@ -65,23 +73,84 @@ fn parse_name(name: &str) -> Result<CustomerName, Vec<FieldError>> {
     })
 }
 
-fn started(id: u64) -> Response {
+fn started(submitted: Submitted) -> Response {
+    let (id, replayed) = match submitted {
+        Submitted::Started(id) => (id, false),
+        Submitted::Replayed(id) => (id, true),
+    };
     (
         StatusCode::ACCEPTED,
-        Json(json!({ "job": id, "poll": format!("/v1/jobs/{id}") })),
+        Json(json!({ "job": id, "poll": format!("/v1/jobs/{id}"), "replayed": replayed })),
     )
         .into_response()
 }
 
-fn busy(customer: &str, id: u64) -> Response {
-    (
-        StatusCode::CONFLICT,
-        Json(json!({
-            "error": format!("{customer} already has a running job {id}; wait for it to finish"),
-            "job": id,
-        })),
-    )
-        .into_response()
+/// The `Idempotency-Key` header, when given: 1–255 visible ASCII characters.
+#[allow(clippy::result_large_err)] // the Err is the HTTP answer itself, returned at once
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(field_errors(
+            StatusCode::BAD_REQUEST,
+            vec![FieldError {
+                field: "Idempotency-Key".to_owned(),
+                message: "1–255 visible ASCII characters, e.g. a UUID the dashboard makes per form submission".to_owned(),
+            }],
+        )),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Records `action` as a job (or finds the one its idempotency key already made).
+async fn submit(
+    st: &ApiState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    action: JobAction,
+) -> Response {
+    let key = match idempotency_key(headers) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let idempotency = key.map(|key| Idempotency {
+        token: caller.token.clone(),
+        key,
+        request_hash: sha256_hex(&serde_json::to_vec(&action).unwrap_or_default()),
+    });
+    let customer = action.customer();
+    match st
+        .jobs
+        .submit(st.control.clone(), action, Some(caller.token.clone()), idempotency)
+        .await
+    {
+        Ok(s) => started(s),
+        Err(SubmitError::Busy(id)) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!("{customer} already has a running job {id}; wait for it to finish"),
+                "job": id,
+            })),
+        )
+            .into_response(),
+        Err(e @ SubmitError::KeyReused(_)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "errors": [{"field": "Idempotency-Key", "message": e.to_string()}] })),
+        )
+            .into_response(),
+        Err(e @ SubmitError::Store(_)) => {
+            tracing::error!("{e}");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string() }))).into_response()
+        }
+    }
 }
 
 fn error_text(e: &ControlError) -> String {
@@ -110,32 +179,26 @@ async fn validate(body: Result<Json<DeployRequest>, JsonRejection>) -> Response 
 
 async fn deploy(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
         Err(rej) => return body_error(rej),
     };
-    let spec = match req.validate() {
-        Ok(s) => s,
-        Err(errors) => return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors),
-    };
-    let customer = spec.name.to_string();
-    let control = st.control.clone();
-    match st
-        .jobs
-        .start("deploy", &customer, move |progress: Progress| async move {
-            match control.deploy(&spec, &progress).await {
-                Ok(outcome) => serde_json::to_value(outcome).map_err(|e| e.to_string()),
-                Err(e) => {
-                    progress.line(format!("deploy failed: {e}"));
-                    Err(error_text(&e))
-                }
-            }
-        }) {
-        Ok(id) => started(id),
-        Err(id) => busy(&customer, id),
+    if let Err(errors) = req.validate() {
+        return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors);
     }
+    submit(
+        &st,
+        &caller,
+        &headers,
+        JobAction::Deploy {
+            request: Box::new(req),
+        },
+    )
+    .await
 }
 
 /// `POST /v1/deployments/{name}/compose`: the tenant's compose file, env file and files
@@ -143,6 +206,8 @@ async fn deploy(
 /// form are checked here; the compose policy runs on the host, with the tenant's limits.
 async fn deploy_compose(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -189,22 +254,7 @@ async fn deploy_compose(
             .collect();
         return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors);
     }
-    let customer = name.to_string();
-    let control = st.control.clone();
-    match st
-        .jobs
-        .start("compose", &customer, move |progress: Progress| async move {
-            match control.deploy_compose(&name, &bundle, &progress).await {
-                Ok(outcome) => serde_json::to_value(outcome).map_err(|e| e.to_string()),
-                Err(e) => {
-                    progress.line(format!("compose deploy failed: {e}"));
-                    Err(error_text(&e))
-                }
-            }
-        }) {
-        Ok(id) => started(id),
-        Err(id) => busy(&customer, id),
-    }
+    submit(&st, &caller, &headers, JobAction::Compose { name, bundle }).await
 }
 
 /// Query of `DELETE /v1/deployments/{name}`.
@@ -217,6 +267,8 @@ pub struct DeleteQuery {
 
 async fn delete(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Response {
@@ -224,22 +276,11 @@ async fn delete(
         Ok(n) => n,
         Err(errors) => return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors),
     };
-    let customer = name.to_string();
-    let control = st.control.clone();
-    match st
-        .jobs
-        .start("delete", &customer, move |progress: Progress| async move {
-            match control.delete(&name, q.keep_volume, &progress).await {
-                Ok(outcome) => serde_json::to_value(outcome).map_err(|e| e.to_string()),
-                Err(e) => {
-                    progress.line(format!("delete failed: {e}"));
-                    Err(error_text(&e))
-                }
-            }
-        }) {
-        Ok(id) => started(id),
-        Err(id) => busy(&customer, id),
-    }
+    let action = JobAction::Delete {
+        name,
+        keep_volume: q.keep_volume,
+    };
+    submit(&st, &caller, &headers, action).await
 }
 
 async fn status(State(st): State<ApiState>, Path(name): Path<String>) -> Response {
@@ -257,8 +298,20 @@ async fn status(State(st): State<ApiState>, Path(name): Path<String>) -> Respons
     }
 }
 
-async fn list_jobs(State(st): State<ApiState>) -> Json<Value> {
-    Json(json!({ "jobs": st.jobs.list() }))
+async fn list_jobs(State(st): State<ApiState>, Query(f): Query<JobFilter>) -> Response {
+    match st.jobs.list(f).await {
+        Ok(jobs) => Json(json!({ "jobs": jobs })).into_response(),
+        Err(e) => unavailable(&e),
+    }
+}
+
+fn unavailable(e: &StoreError) -> Response {
+    tracing::error!("{e}");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": e.to_string() })),
+    )
+        .into_response()
 }
 
 /// Query of `GET /v1/jobs/{id}`.
@@ -266,20 +319,21 @@ async fn list_jobs(State(st): State<ApiState>) -> Json<Value> {
 pub struct JobQuery {
     /// Return lines from this sequence number on.
     #[serde(default)]
-    pub since: usize,
+    pub since: i64,
 }
 
 async fn get_job(
     State(st): State<ApiState>,
-    Path(id): Path<u64>,
+    Path(id): Path<i64>,
     Query(q): Query<JobQuery>,
 ) -> Response {
-    match st.jobs.get(id, q.since) {
-        Some(job) => Json(job).into_response(),
-        None => (
+    match st.jobs.get(id, q.since).await {
+        Ok(Some(job)) => Json(job).into_response(),
+        Ok(None) => (
             StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no job {id} (jobs are kept in memory until the server restarts)") })),
+            Json(json!({ "error": format!("no job {id} (finished jobs are kept for the retention window, --job-retention-hours)") })),
         )
             .into_response(),
+        Err(e) => unavailable(&e),
     }
 }

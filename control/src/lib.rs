@@ -4,6 +4,7 @@
 //! The CLI (`control`) and the HTTP API (`control serve`) both call [`ops::Control`].
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod dedicated;
 pub mod ec2;
@@ -11,13 +12,17 @@ pub mod error;
 pub mod hostd;
 pub mod identity;
 pub mod inventory;
+pub mod job_action;
 pub mod jobs;
 pub mod ops;
 pub mod params;
 pub mod progress;
 pub mod request;
+pub mod sealed;
 pub mod shared;
+pub mod store;
 pub mod tags;
+pub mod tokens;
 pub mod userdata;
 
 pub use config::{Clients, ControlConfig};

@@ -2,14 +2,18 @@
 //! API the dashboard's deploy form calls. Progress lines go to stderr as they happen; the
 //! final result is JSON on stdout.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control::api::{self, ApiState};
-use control::jobs::JobTable;
+use control::jobs::{JobFilter, JobTable};
+use control::store::Store;
+use control::tokens::{self, Scope};
 use control::{Control, ControlConfig, ControlError, DeployRequest, Progress};
 use m8trx_spec::CustomerName;
 
@@ -58,6 +62,14 @@ struct Cli {
     /// Longest wait for one volume, instance or SSM command, seconds.
     #[arg(long, default_value_t = 600, global = true)]
     wait_timeout_secs: u64,
+    /// control's state: API tokens (hashed) and jobs. Created 0600 in a 0700 directory.
+    #[arg(
+        long,
+        env = "M8TRX_CONTROL_STATE",
+        default_value = "/var/lib/m8trx-control/control.db",
+        global = true
+    )]
+    state_db: PathBuf,
     /// Log format of the server's own logs.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -125,11 +137,52 @@ enum Command {
     },
     /// List the fleet's shared hosts with capacity, reservations and free room.
     Hosts,
-    /// Serve the HTTP/JSON API for the dashboard.
+    /// Serve the HTTP/JSON API for the dashboard (bearer tokens: `control token`). Jobs a
+    /// previous server left running are started again.
     Serve {
-        /// Address to listen on (keep it on a private interface: the API has no auth of its own).
+        /// Address to listen on.
         #[arg(long, env = "M8TRX_CONTROL_LISTEN", default_value = "127.0.0.1:8088")]
         listen: SocketAddr,
+        /// How long finished jobs are kept before they are evicted, in hours.
+        #[arg(long, env = "M8TRX_JOB_RETENTION_HOURS", default_value_t = 168)]
+        job_retention_hours: u64,
+    },
+    /// Make, list and revoke the API's bearer tokens (on the control host, in --state-db).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List the API's jobs (newest first), or show one with its progress lines.
+    Jobs {
+        /// Show this job with its lines.
+        #[arg(long)]
+        id: Option<i64>,
+        /// Only this customer's jobs.
+        #[arg(long)]
+        customer: Option<String>,
+        /// Only jobs in this state: running, succeeded or failed.
+        #[arg(long, value_parser = ["running", "succeeded", "failed"])]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token; prints it once (only its hash is kept).
+    Create {
+        /// Name, logged with each request the token makes (e.g. `dashboard`).
+        name: String,
+        /// What it may do: read, deploy, delete (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+    },
+    /// List tokens (names, scopes, dates; never secrets).
+    List,
+    /// Revoke a token by name; its next request gets 401.
+    Revoke {
+        /// The token's name.
+        name: String,
     },
 }
 
@@ -231,6 +284,7 @@ async fn main() -> ExitCode {
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init(),
         LogFormat::Json => tracing_subscriber::fmt()
@@ -322,11 +376,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => fail(&e),
             })
         }
-        Command::Serve { listen } => {
+        Command::Token(cmd) => token(&cli.state_db, cmd),
+        Command::Jobs {
+            id,
+            customer,
+            state,
+            limit,
+        } => {
+            let store = Store::open(&cli.state_db)?;
+            match id {
+                Some(id) => match store.with(|c| control::jobs::get(c, id, 0))? {
+                    Some(job) => print_json(&job),
+                    None => anyhow::bail!("no job {id} in {}", cli.state_db.display()),
+                },
+                None => {
+                    let filter = JobFilter {
+                        customer,
+                        state: state
+                            .map(|s| serde_json::from_value(serde_json::json!(s)))
+                            .transpose()?,
+                        limit: Some(limit),
+                    };
+                    print_json(&store.with(|c| control::jobs::list(c, &filter))?);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            listen,
+            job_retention_hours,
+        } => {
+            let store = Store::open(&cli.state_db)?;
+            if !tokens::list(&store)?.iter().any(|t| t.revoked_at.is_none()) {
+                eprintln!(
+                    "control: warning: no API token in {}; every request will get 401 until \
+                     `control token create NAME --scope read,deploy,delete` makes one",
+                    cli.state_db.display()
+                );
+            }
             let control = Arc::new(Control::new(cfg).await);
+            let jobs = JobTable::new(store.clone());
+            let resumed = jobs.resume(control.clone()).await?;
+            if resumed > 0 {
+                eprintln!("control: {resumed} job(s) left running by the previous server: resumed or closed");
+            }
+            jobs.evict_every_minute(Duration::from_secs(job_retention_hours * 3600));
             let app = api::router(ApiState {
                 control,
-                jobs: JobTable::default(),
+                jobs,
+                store,
             });
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -341,4 +439,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `control token …`: the API's tokens in the state file.
+fn token(state: &Path, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::open(state)?;
+    match cmd {
+        TokenCommand::Create { name, scope } => {
+            let scopes = scope
+                .iter()
+                .map(|s| Scope::parse(s.trim()))
+                .collect::<Result<BTreeSet<_>, _>>()?;
+            let token = tokens::create(&store, &name, &scopes)?;
+            print_json(&serde_json::json!({ "name": name, "scopes": scopes, "token": token }));
+            eprintln!("control: token {name} made; this is the only time it is shown");
+        }
+        TokenCommand::List => print_json(&tokens::list(&store)?),
+        TokenCommand::Revoke { name } => {
+            if !tokens::revoke(&store, &name)? {
+                anyhow::bail!("no live token named {name} (see `control token list`)");
+            }
+            eprintln!("control: token {name} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -10,402 +10,19 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{
-    HttpTokensState, InstanceMetadataTagsState, InstanceType, ResourceType, VolumeType,
-};
+use aws_sdk_ec2::types::{HttpTokensState, InstanceMetadataTagsState, InstanceType, VolumeType};
 use aws_sdk_ssm::types::ParameterType;
-use control::api::{self, ApiState};
 use control::inventory::{self, Need};
-use control::jobs::JobTable;
 use control::tags;
-use control::{Clients, Control, ControlConfig, ControlError, DeployRequest, Progress, Secrets};
+use control::{ControlError, Progress};
 use http_body_util::BodyExt;
 use m8trx_spec::CustomerName;
 use tower::ServiceExt;
 
-const REGION: &str = "us-east-2";
-
-fn moto() -> String {
-    std::env::var("M8TRX_MOTO_ENDPOINT").unwrap_or_else(|_| {
-        panic!(
-            "M8TRX_MOTO_ENDPOINT is not set: these tests need the moto server of the real test \
-             environment. Run `make test` (or `scripts/test-env` and source /var/lib/m8trx-test/env)."
-        )
-    })
-}
-
-/// A short name unique to this process and call: `c<pid><n><label>`, within 32 characters.
-fn unique(label: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "c{}-{}{:x}-{label}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos % 0xfff
-    )
-}
-
-/// Everything one test owns: its control, its fleet, subnets, AMI and customers.
-struct World {
-    control: Control,
-    subnets: Vec<(String, String)>, // (subnet id, AZ)
-    hosts: Vec<String>,
-    customers: Vec<CustomerName>,
-}
-
-fn recorder() -> (Progress, Arc<Mutex<Vec<String>>>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    (
-        Progress::new(move |s| l.lock().unwrap().push(s.to_owned())),
-        lines,
-    )
-}
-
-impl World {
-    async fn new() -> Self {
-        let fleet = unique("fleet");
-        let mut config = ControlConfig {
-            region: REGION.into(),
-            endpoint_url: Some(moto()),
-            platform_domain: "m8trx.test".into(),
-            brain_url: Some("http://brain.tailnet.test:8080".into()),
-            fleet,
-            poll_interval: Duration::from_millis(50),
-            wait_timeout: Duration::from_secs(60),
-            ..ControlConfig::default()
-        };
-        let clients = Clients::with_credentials(&config, "AKIDCONTROLTEST", "control-secret").await;
-        let ec2 = &clients.ec2;
-        let ami = ec2
-            .register_image()
-            .name(unique("hardened-ami"))
-            .root_device_name("/dev/sda1")
-            .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
-            .virtualization_type("hvm")
-            .send()
-            .await
-            .expect("RegisterImage against moto")
-            .image_id()
-            .unwrap()
-            .to_owned();
-        let octet = (std::process::id() % 200) + 20;
-        let vpc = ec2
-            .create_vpc()
-            .cidr_block(format!("10.{octet}.0.0/16"))
-            .send()
-            .await
-            .expect("CreateVpc")
-            .vpc()
-            .unwrap()
-            .vpc_id()
-            .unwrap()
-            .to_owned();
-        let mut subnets = Vec::new();
-        for (i, az) in ["us-east-2a", "us-east-2b"].into_iter().enumerate() {
-            let s = ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block(format!("10.{octet}.{i}.0/24"))
-                .availability_zone(az)
-                .send()
-                .await
-                .expect("CreateSubnet");
-            subnets.push((
-                s.subnet().unwrap().subnet_id().unwrap().to_owned(),
-                az.to_owned(),
-            ));
-        }
-        config.ami_id = Some(ami);
-        config.dedicated_subnet_id = Some(subnets[0].0.clone());
-        Self {
-            control: Control { config, clients },
-            subnets,
-            hosts: Vec::new(),
-            customers: Vec::new(),
-        }
-    }
-
-    fn clients(&self) -> &Clients {
-        &self.control.clients
-    }
-
-    /// A customer with its own CMK (alias/m8trx-<name>) and instance profile (m8trx-<name>).
-    async fn customer(&mut self, label: &str) -> CustomerName {
-        let name = CustomerName::parse(&unique(label)).unwrap();
-        let c = self.clients();
-        let key = c
-            .kms
-            .create_key()
-            .description(format!("m8trx customer CMK {name}"))
-            .send()
-            .await
-            .expect("CreateKey");
-        let key_id = key.key_metadata().unwrap().key_id().to_owned();
-        c.kms
-            .create_alias()
-            .alias_name(format!("alias/m8trx-{name}"))
-            .target_key_id(&key_id)
-            .send()
-            .await
-            .expect("CreateAlias");
-        let role = format!("m8trx-{name}");
-        c.iam
-            .create_role()
-            .role_name(&role)
-            .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#)
-            .tags(
-                aws_sdk_iam::types::Tag::builder()
-                    .key("m8trx:external-id")
-                    .value(format!("ext-{name}"))
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .expect("CreateRole");
-        c.iam
-            .create_instance_profile()
-            .instance_profile_name(&role)
-            .send()
-            .await
-            .expect("CreateInstanceProfile");
-        c.iam
-            .add_role_to_instance_profile()
-            .instance_profile_name(&role)
-            .role_name(&role)
-            .send()
-            .await
-            .expect("AddRoleToInstanceProfile");
-        self.customers.push(name.clone());
-        name
-    }
-
-    /// A running shared host of this test's fleet in subnet `i`, with capacity and ledger tags.
-    async fn host(
-        &mut self,
-        subnet: usize,
-        memory_mib: u64,
-        slots: u64,
-        taken: &[(&str, u64)],
-    ) -> String {
-        let c = self.clients();
-        let mut t = vec![
-            tags::tag(tags::COMPONENT, tags::ROLE_SHARED_HOST),
-            tags::tag(tags::FLEET, &self.control.config.fleet),
-            tags::tag(tags::SHARED_HOST, &format!("h{}", self.hosts.len())),
-            tags::tag(tags::CAPACITY_MEMORY, &memory_mib.to_string()),
-            tags::tag(tags::CAPACITY_CPU, "4000"),
-            tags::tag(tags::CAPACITY_SLOTS, &slots.to_string()),
-            tags::tag(tags::NAME, "m8trx-shared-host-test"),
-        ];
-        for (tenant, mem) in taken {
-            t.push(tags::tag(
-                &format!("{}{tenant}", tags::TENANT_PREFIX),
-                &format!("memory-mib={mem},cpu-millis=500,state=running"),
-            ));
-        }
-        let out = c
-            .ec2
-            .run_instances()
-            .image_id(self.control.config.ami_id.clone().unwrap())
-            .instance_type(InstanceType::M6iLarge)
-            .min_count(1)
-            .max_count(1)
-            .subnet_id(&self.subnets[subnet].0)
-            .tag_specifications(tags::spec(ResourceType::Instance, t))
-            .send()
-            .await
-            .expect("RunInstances (shared host)");
-        let id = out.instances()[0].instance_id().unwrap().to_owned();
-        self.hosts.push(id.clone());
-        id
-    }
-
-    fn request(&self, name: &CustomerName, hosting: &str) -> DeployRequest {
-        DeployRequest {
-            name: name.to_string(),
-            template: Some("agent".into()),
-            instance_type: Some("t3.medium".into()),
-            volume_size_gb: Some(40),
-            subdomain: None,
-            hosting: Some(hosting.into()),
-            regulated: false,
-            brain_url: None,
-            subnet_id: None,
-            secrets: Secrets {
-                brain_key: Some(format!("br_{name}_secret")),
-                tailscale_auth_key: Some(format!("tskey-auth-{name}")),
-                agent_fetch_pat: Some("ghp_fleetwidepat".into()),
-                agent_ui_password: None,
-                external_id: None,
-            },
-        }
-    }
-
-    /// Everything of `name` that exists: live instances and volumes with its Customer tag,
-    /// its SSM parameters, and reservation tags for it on any host of this fleet.
-    async fn leftovers(&self, name: &CustomerName) -> Vec<String> {
-        let c = self.clients();
-        let mut found = Vec::new();
-        let inst = c
-            .ec2
-            .describe_instances()
-            .filters(tags::filter(tags::CUSTOMER, name.as_str()))
-            .filters(tags::attr(
-                "instance-state-name",
-                &["pending", "running", "stopping", "stopped", "shutting-down"],
-            ))
-            .send()
-            .await
-            .unwrap();
-        for r in inst.reservations() {
-            for i in r.instances() {
-                found.push(format!("instance {}", i.instance_id().unwrap()));
-            }
-        }
-        let vols = c
-            .ec2
-            .describe_volumes()
-            .filters(tags::filter(tags::CUSTOMER, name.as_str()))
-            .send()
-            .await
-            .unwrap();
-        for v in vols.volumes() {
-            found.push(format!(
-                "volume {} ({:?})",
-                v.volume_id().unwrap(),
-                v.state()
-            ));
-        }
-        for p in control::params::existing_parameters(&c.ssm, name)
-            .await
-            .unwrap()
-        {
-            found.push(format!("parameter {p}"));
-        }
-        let hosts = c
-            .ec2
-            .describe_instances()
-            .filters(tags::filter(tags::FLEET, &self.control.config.fleet))
-            .filters(tags::attr(
-                "tag-key",
-                &[&format!("{}{name}", tags::TENANT_PREFIX)],
-            ))
-            .send()
-            .await
-            .unwrap();
-        for r in hosts.reservations() {
-            for i in r.instances() {
-                found.push(format!("reservation on {}", i.instance_id().unwrap()));
-            }
-        }
-        found
-    }
-
-    async fn reservation(&self, host: &str, name: &CustomerName) -> Option<inventory::Reservation> {
-        let h = inventory::get_host(&self.clients().ec2, host)
-            .await
-            .unwrap();
-        h.reservation(name.as_str()).cloned()
-    }
-
-    /// Scripts SSM received for `instance` (moto records them; it cannot run them).
-    async fn commands_sent(&self, instance: &str) -> Vec<String> {
-        let out = self
-            .clients()
-            .ssm
-            .list_commands()
-            .instance_id(instance)
-            .send()
-            .await
-            .unwrap();
-        out.commands()
-            .iter()
-            .filter(|c| c.instance_ids().iter().any(|i| i == instance))
-            .filter_map(|c| {
-                c.parameters()
-                    .and_then(|p| p.get("commands"))
-                    .map(|l| l.join("\n"))
-            })
-            .collect()
-    }
-
-    async fn cleanup(self) {
-        let c = &self.control.clients;
-        for name in &self.customers {
-            let _ = self.control.delete(name, false, &Progress::silent()).await;
-            let role = format!("m8trx-{name}");
-            let _ = c
-                .iam
-                .remove_role_from_instance_profile()
-                .instance_profile_name(&role)
-                .role_name(&role)
-                .send()
-                .await;
-            let _ = c
-                .iam
-                .delete_instance_profile()
-                .instance_profile_name(&role)
-                .send()
-                .await;
-            let _ = c.iam.delete_role().role_name(&role).send().await;
-            if let Ok(k) = c
-                .kms
-                .describe_key()
-                .key_id(format!("alias/m8trx-{name}"))
-                .send()
-                .await
-            {
-                let _ = c
-                    .kms
-                    .delete_alias()
-                    .alias_name(format!("alias/m8trx-{name}"))
-                    .send()
-                    .await;
-                if let Some(m) = k.key_metadata() {
-                    let _ = c
-                        .kms
-                        .schedule_key_deletion()
-                        .key_id(m.key_id())
-                        .pending_window_in_days(7)
-                        .send()
-                        .await;
-                }
-            }
-        }
-        if !self.hosts.is_empty() {
-            let _ = c
-                .ec2
-                .terminate_instances()
-                .set_instance_ids(Some(self.hosts.clone()))
-                .send()
-                .await;
-        }
-    }
-}
-
-async fn cmk_arn(w: &World, name: &CustomerName) -> String {
-    w.clients()
-        .kms
-        .describe_key()
-        .key_id(format!("alias/m8trx-{name}"))
-        .send()
-        .await
-        .unwrap()
-        .key_metadata()
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_owned()
-}
+mod world;
+use world::*;
 
 async fn check_parameters(w: &World, name: &CustomerName, key_arn: &str) {
     let ssm = &w.clients().ssm;
@@ -770,10 +387,7 @@ async fn regulated_customer_is_refused_shared_hosting_and_nothing_is_created() {
     );
 
     // Through the API: 422 naming the field, and no job started.
-    let app = api::router(ApiState {
-        control: Arc::new(w.control.clone()),
-        jobs: JobTable::default(),
-    });
+    let app = authed_app(&w.control);
     let resp = app
         .clone()
         .oneshot(
@@ -975,10 +589,7 @@ async fn api_runs_deploy_and_delete_as_pollable_jobs() {
     let mut w = World::new().await;
     let name = w.customer("api").await;
     let host = w.host(1, 8192, 8, &[]).await;
-    let app = api::router(ApiState {
-        control: Arc::new(w.control.clone()),
-        jobs: JobTable::default(),
-    });
+    let app = authed_app(&w.control);
     async fn call(
         app: &axum::Router,
         req: axum::http::Request<axum::body::Body>,
@@ -1105,7 +716,19 @@ async fn api_runs_deploy_and_delete_as_pollable_jobs() {
     assert_eq!(s, 202, "{body}");
     let cjob = wait_job(&app, body["job"].as_u64().unwrap()).await;
     assert_eq!(cjob["state"], "failed", "{cjob}");
-    assert!(cjob.to_string().contains("no placement"), "{cjob}");
+    // No such customer, so no key of its own to keep the bundle under: refused before
+    // anything is changed.
+    assert!(
+        cjob["error"]
+            .as_str()
+            .unwrap()
+            .contains("alias/m8trx-nowhere")
+            && cjob["error"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was changed"),
+        "{cjob}"
+    );
 
     let all: Vec<String> = serde_json::from_value(job["all_lines"].clone()).unwrap();
     for step in [
@@ -1404,64 +1027,4 @@ async fn cli_exit_codes_name_the_field_and_missing_prerequisites() {
     let w = World::new().await;
     let cname = CustomerName::parse(&name).unwrap();
     assert!(w.leftovers(&cname).await.is_empty());
-}
-
-/// One HTTP/1.1 exchange over a plain TCP socket: (status, body).
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-#[test]
-fn control_serve_answers_over_http() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_control"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("M8TRX_AWS_ENDPOINT", moto())
-        .env("AWS_ACCESS_KEY_ID", "AKIDCONTROLTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "control-secret")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("control serve exited before listening")
-            .unwrap();
-        if let Some(a) = line.strip_prefix("control: API listening on http://") {
-            break a.to_owned();
-        }
-    };
-    let health = http(&addr, "GET", "/healthz", "");
-    let refused = http(
-        &addr,
-        "POST",
-        "/v1/validate",
-        r#"{"name":"acme","template":"agent","hosting":"shared","regulated":true,
-            "secrets":{"brain_key":"b","tailscale_auth_key":"t","agent_fetch_pat":"p"}}"#,
-    );
-    let missing = http(&addr, "GET", "/v1/jobs/99", "");
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(health, (200, r#"{"ok":true}"#.to_owned()));
-    assert_eq!(refused.0, 422, "{}", refused.1);
-    assert!(refused.1.contains(r#""field":"hosting""#), "{}", refused.1);
-    assert_eq!(missing.0, 404);
 }

@@ -644,3 +644,30 @@ def test_control_writes_a_customers_secure_parameters_with_its_key_through_ssm_o
     # And the host role still gets nothing, through SSM either.
     d = decide(key_request(host_principal(world), "kms:Decrypt", acme, own), [ADMIN], None, acme.key_policy, kms_key_policy=True)
     assert not d, d.reason
+
+
+def test_control_seals_job_inputs_under_the_customers_key_with_that_customers_context_only(world):
+    """control keeps a job's request (the customer's secrets) sealed under the customer's key:
+    only with the job-input context naming that customer, never another context."""
+    p = control_principal(world)
+    acme = world.customers["acme"]
+    own = {"kms:EncryptionContext:m8trx:purpose": "control-job-input", "kms:EncryptionContext:m8trx:customer": "acme"}
+    for action in ["kms:GenerateDataKey", "kms:Decrypt"]:
+        d = decide(key_request(p, action, acme, own), world.control.identity, None, acme.key_policy, kms_key_policy=True)
+        assert d, (action, d.reason)
+        for ctx in [
+            {**own, "kms:EncryptionContext:m8trx:customer": "beta"},
+            {"kms:EncryptionContext:m8trx:customer": "acme"},
+            {**own, "kms:EncryptionContext:m8trx:purpose": "volume"},
+            {"kms:EncryptionContext:aws:ebs:id": "vol-1"},
+        ]:
+            d = decide(key_request(p, action, acme, ctx), [ADMIN], None, acme.key_policy, kms_key_policy=True)
+            assert not d, (action, ctx, "key policy alone", d.reason)
+        # control's own policy holds too, under a key policy that delegated everything to IAM.
+        d = decide(key_request(p, action, acme, {"kms:EncryptionContext:m8trx:customer": "acme"}), world.control.identity, None, PERMISSIVE_KEY, kms_key_policy=True)
+        assert not d, (action, "identity policy alone", d.reason)
+    # Encrypt (data not wrapped by a data key) and everyone else stay refused.
+    assert not decide(key_request(p, "kms:Encrypt", acme, own), world.control.identity, None, acme.key_policy, kms_key_policy=True)
+    for who in [customer_principal(world.customers["beta"]), host_principal(world)]:
+        d = decide(key_request(who, "kms:Decrypt", acme, own), [ADMIN], None, acme.key_policy, kms_key_policy=True)
+        assert not d, d.reason
