@@ -66,6 +66,9 @@ pub enum StepError {
     /// The tenant volume.
     #[error(transparent)]
     Volume(#[from] crate::volume::VolumeError),
+    /// The volume's manifest or the shift of its files into this host's id range failed.
+    #[error(transparent)]
+    Portable(#[from] crate::portable::PortableError),
     /// The tenant cgroup.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),

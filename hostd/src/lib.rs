@@ -19,6 +19,7 @@ pub mod locks;
 pub mod metrics;
 pub mod network;
 pub mod policy;
+pub mod portable;
 pub mod power;
 pub mod profiles;
 pub mod proxy_routes;

@@ -157,6 +157,8 @@ pub async fn deploy_compose(
             Err(e) => dep.error = Some(e.to_string()),
         }
         run.save()?;
+        // The volume carries the deployment too, for a host that takes the tenant over.
+        super::volume::record(run.host, run.rec).await?;
     }
     Ok(result?)
 }

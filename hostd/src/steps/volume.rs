@@ -1,6 +1,8 @@
 //! The tenant's volume: its EBS volume (found by serial) or, in dev, a loop image made
 //! full-size; formatted only when it holds no filesystem, mounted `nodev,nosuid` at
-//! `<tenants_root>/<name>` with its root owned by the tenant's remapped root, mode 0700.
+//! `<tenants_root>/<name>` with its root owned by the tenant's remapped root, mode 0700. A
+//! volume from another host (a move) is taken over: its files shifted into this host's id
+//! range for the tenant and its recorded deployment adopted (`portable`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use async_trait::async_trait;
 use super::{blocking, Run, Step, StepKind};
 use crate::error::StepError;
 use crate::host::Host;
+use crate::portable;
 use crate::record::Record;
 use crate::spec::VolumeSource;
 use crate::volume::{self, VolumeError};
@@ -63,6 +66,17 @@ fn release(t: &Target) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// Writes the volume's manifest: this host's id range for the tenant and its deployment,
+/// what another host needs to take the tenant over with this volume.
+pub async fn record(host: &Host, rec: &Record) -> Result<(), StepError> {
+    let at = host.mountpoint(rec);
+    let manifest = portable::Manifest {
+        id_base: crate::ids::range_base(rec.slot),
+        deployment: rec.deployment.clone(),
+    };
+    blocking(move || portable::write(&at, &manifest)).await
+}
+
 fn target(host: &Host, rec: &Record) -> Target {
     Target {
         rec: rec.clone(),
@@ -78,7 +92,29 @@ impl Step for Volume {
 
     async fn up(&self, run: &mut Run<'_>) -> Result<(), StepError> {
         let t = target(run.host, run.rec);
-        blocking(move || mount(&t)).await
+        let at = t.mountpoint.clone();
+        blocking(move || mount(&t)).await?;
+        // A volume another host used (a move) arrives with its files in that host's id
+        // range for the tenant, and with the deployment it ran there.
+        let base = crate::ids::range_base(run.rec.slot);
+        let (found, shifted) =
+            blocking(move || portable::take_over(&at, base, crate::ids::RANGE)).await?;
+        if shifted > 0 {
+            run.say(format!(
+                "volume: {shifted} files moved into this host's id range for the tenant (the volume came from another host)"
+            ));
+        }
+        if run.rec.deployment.is_none() {
+            if let Some(dep) = found.and_then(|m| m.deployment) {
+                run.say(format!(
+                    "volume: adopted deploy revision {} recorded on it; the Deploy step runs it",
+                    dep.revision
+                ));
+                run.rec.deployment = Some(dep);
+                run.save()?;
+            }
+        }
+        record(run.host, run.rec).await
     }
 
     async fn down(&self, run: &mut Run<'_>) -> Result<(), StepError> {

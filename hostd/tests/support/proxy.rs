@@ -79,6 +79,21 @@ pub fn fetch_at(tls: &str, host: &str) -> Option<(String, String)> {
 
 /// [`fetch_at`], giving up after `max_secs` (a request that waits for a wake).
 pub fn fetch_within(tls: &str, host: &str, max_secs: u32) -> Option<(String, String)> {
+    curl(tls, host, "/", max_secs, &[])
+}
+
+/// `curl -kv https://<host><path>` through the proxy at `tls`; only a 2xx answer counts.
+pub fn fetch_path(tls: &str, host: &str, path: &str, max_secs: u32) -> Option<(String, String)> {
+    curl(tls, host, path, max_secs, &["-f"])
+}
+
+fn curl(
+    tls: &str,
+    host: &str,
+    path: &str,
+    max_secs: u32,
+    extra: &[&str],
+) -> Option<(String, String)> {
     let port = tls.rsplit(':').next().unwrap();
     let o = Command::new("curl")
         .args([
@@ -89,7 +104,8 @@ pub fn fetch_within(tls: &str, host: &str, max_secs: u32) -> Option<(String, Str
             "--resolve",
         ])
         .arg(format!("{host}:{port}:127.0.0.1"))
-        .arg(format!("https://{host}:{port}/"))
+        .args(extra)
+        .arg(format!("https://{host}:{port}{path}"))
         .output()
         .unwrap();
     o.status.success().then(|| {
@@ -112,4 +128,20 @@ pub fn wait_fetch(proxy: &Proxy, host: &str) -> (String, String) {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// curl's whole verbose output for `https://<host><path>` through `tls` (failure reports).
+pub fn curl_verbose(tls: &str, host: &str, path: &str) -> String {
+    let port = tls.rsplit(':').next().unwrap();
+    let o = Command::new("curl")
+        .args(["-sS", "-kv", "--max-time", "5", "--resolve"])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
