@@ -44,6 +44,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/deployments", post(deploy))
         .route("/v1/deployments/{name}", get(status).delete(delete))
         .route("/v1/deployments/{name}/compose", post(deploy_compose))
+        .route("/v1/deployments/{name}/move", post(move_tenant))
+        .route("/v1/hosts/{id}/drain", post(drain_host))
         .route("/v1/jobs", get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .layer(auth)
@@ -255,6 +257,106 @@ async fn deploy_compose(
         return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors);
     }
     submit(&st, &caller, &headers, JobAction::Compose { name, bundle }).await
+}
+
+/// Body of `POST /v1/deployments/{name}/move`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// Where to: `shared` (another shared host). Moves to and from dedicated are not built.
+    pub to: String,
+    /// The target shared host; the best fit in the volume's zone when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+async fn move_tenant(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<MoveRequest>, JsonRejection>,
+) -> Response {
+    let name = match parse_name(&name) {
+        Ok(n) => n,
+        Err(errors) => return field_errors(StatusCode::UNPROCESSABLE_ENTITY, errors),
+    };
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(rej) => return body_error(rej),
+    };
+    if req.to != "shared" {
+        return field_errors(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec![FieldError {
+                field: "to".to_owned(),
+                message: format!(
+                    "{:?}: only \"shared\" (to another shared host) is built; moves to and from dedicated are not yet (delete and deploy with the other hosting instead)",
+                    req.to
+                ),
+            }],
+        );
+    }
+    if let Some(h) = req.host.as_deref().filter(|h| !valid_instance_id(h)) {
+        return field_errors(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec![FieldError {
+                field: "host".to_owned(),
+                message: format!("{h:?} is not an EC2 instance id (i-…)"),
+            }],
+        );
+    }
+    // The target is decided now and recorded in the job, so a resumed job finishes this
+    // move rather than starting another.
+    let c = &st.control;
+    let silent = crate::progress::Progress::silent();
+    let to = match crate::moves::choose_target(
+        &c.clients,
+        &c.config,
+        &name,
+        req.host.as_deref(),
+        &silent,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let status = match e {
+                ControlError::Missing(_) => StatusCode::NOT_FOUND,
+                ControlError::Aws { .. } | ControlError::Timeout { .. } => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::CONFLICT,
+            };
+            return (status, Json(json!({ "error": e.to_string() }))).into_response();
+        }
+    };
+    let action = JobAction::Move {
+        name,
+        host: Some(to),
+    };
+    submit(&st, &caller, &headers, action).await
+}
+
+fn valid_instance_id(s: &str) -> bool {
+    s.strip_prefix("i-")
+        .is_some_and(|h| (8..=17).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+async fn drain_host(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !valid_instance_id(&id) {
+        return field_errors(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            vec![FieldError {
+                field: "host".to_owned(),
+                message: format!("{id:?} is not an EC2 instance id (i-…)"),
+            }],
+        );
+    }
+    submit(&st, &caller, &headers, JobAction::Drain { host: id }).await
 }
 
 /// Query of `DELETE /v1/deployments/{name}`.

@@ -30,6 +30,7 @@ pub fn required_scope(method: &Method, path: &str) -> Option<Scope> {
         Method::GET | Method::HEAD => Scope::Read,
         Method::DELETE => Scope::Delete,
         Method::POST if path == "/v1/validate" => Scope::Read,
+        Method::POST if path.ends_with("/move") || path.starts_with("/v1/hosts/") => Scope::Move,
         _ => Scope::Deploy,
     })
 }
@@ -121,6 +122,14 @@ mod tests {
         assert_eq!(
             required_scope(&Method::DELETE, "/v1/deployments/acme"),
             Some(Scope::Delete)
+        );
+        assert_eq!(
+            required_scope(&Method::POST, "/v1/deployments/acme/move"),
+            Some(Scope::Move)
+        );
+        assert_eq!(
+            required_scope(&Method::POST, "/v1/hosts/i-1/drain"),
+            Some(Scope::Move)
         );
         assert_eq!(
             required_scope(&Method::PUT, "/v1/anything"),

@@ -38,6 +38,8 @@ pub struct Reservation {
     pub state: String,
     /// The tenant's EBS volume once created.
     pub volume_id: Option<String>,
+    /// While `state` is `moving-in`: the host the tenant is moving from.
+    pub from: Option<String>,
 }
 
 impl Reservation {
@@ -49,6 +51,9 @@ impl Reservation {
         );
         if let Some(vol) = &self.volume_id {
             v.push_str(&format!(",volume={vol}"));
+        }
+        if let Some(from) = &self.from {
+            v.push_str(&format!(",from={from}"));
         }
         v
     }
@@ -65,6 +70,7 @@ impl Reservation {
             cpu_millis: fields.get("cpu-millis")?.parse().ok()?,
             state: fields.get("state").unwrap_or(&"reserved").to_string(),
             volume_id: fields.get("volume").map(|v| (*v).to_owned()),
+            from: fields.get("from").map(|v| (*v).to_owned()),
         })
     }
 }
@@ -82,6 +88,8 @@ pub struct Host {
     pub reservations: Vec<Reservation>,
     /// Device names already in use on the instance.
     pub devices: Vec<String>,
+    /// Being drained (`control drain`): no new placement, its tenants move away.
+    pub draining: bool,
 }
 
 /// What a tenant needs from a host.
@@ -181,6 +189,7 @@ pub fn host_from_instance(i: &Instance) -> std::result::Result<Host, String> {
         capacity,
         reservations,
         devices,
+        draining: tags::get(t, tags::DRAINING) == Some("true"),
     })
 }
 
@@ -190,7 +199,7 @@ pub fn choose<'a>(hosts: &'a [Host], need: Need, zone: Option<&str>) -> Option<&
     hosts
         .iter()
         .filter(|h| zone.is_none() || zone == Some(h.availability_zone.as_str()))
-        .filter(|h| h.fits(need))
+        .filter(|h| !h.draining && h.fits(need))
         .min_by_key(|h| (h.free().memory_mib, h.instance_id.clone()))
 }
 
@@ -216,8 +225,13 @@ pub fn no_room_message(
             .map(|h| {
                 let f = h.free();
                 format!(
-                    "{} ({}) {} MiB, {} mCPU, {} slot(s) free",
-                    h.instance_id, h.availability_zone, f.memory_mib, f.cpu_millis, f.slots
+                    "{} ({}) {} MiB, {} mCPU, {} slot(s) free{}",
+                    h.instance_id,
+                    h.availability_zone,
+                    f.memory_mib,
+                    f.cpu_millis,
+                    f.slots,
+                    if h.draining { ", draining" } else { "" }
                 )
             })
             .collect();
@@ -286,6 +300,38 @@ pub async fn get_host(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Ho
     host_from_instance(i).map_err(ControlError::Missing)
 }
 
+/// State of a move's reservation on its target host until the tenant runs there.
+pub const MOVING_IN: &str = "moving-in";
+
+/// Every host of `fleet` (any state but terminated) with a reservation for `tenant`.
+pub async fn reservations_of(
+    ec2: &aws_sdk_ec2::Client,
+    fleet: &str,
+    tenant: &str,
+) -> Result<Vec<(Host, Reservation)>> {
+    let instances = describe(
+        ec2,
+        vec![
+            tags::filter(tags::COMPONENT, tags::ROLE_SHARED_HOST),
+            tags::filter(tags::FLEET, fleet),
+            tags::attr("tag-key", &[&format!("{}{tenant}", tags::TENANT_PREFIX)]),
+            tags::attr(
+                "instance-state-name",
+                &["pending", "running", "stopping", "stopped"],
+            ),
+        ],
+    )
+    .await?;
+    Ok(instances
+        .iter()
+        .filter_map(|i| host_from_instance(i).ok())
+        .filter_map(|h| {
+            let r = h.reservation(tenant)?.clone();
+            Some((h, r))
+        })
+        .collect())
+}
+
 /// The host of `fleet` (any state but terminated) that holds a reservation for `tenant`.
 pub async fn find_reservation(
     ec2: &aws_sdk_ec2::Client,
@@ -309,6 +355,15 @@ pub async fn find_reservation(
         .iter()
         .filter_map(|i| host_from_instance(i).ok())
         .collect();
+    // A move holds a reservation on its target too (`moving-in`): the tenant's home is the
+    // other one until the move completes.
+    let moving_in = |h: &Host| h.reservation(tenant).is_some_and(|r| r.state == MOVING_IN);
+    if hosts.len() == 2 && hosts.iter().filter(|h| moving_in(h)).count() == 1 {
+        return Ok(hosts.into_iter().find(|h| !moving_in(h)).and_then(|h| {
+            let r = h.reservation(tenant)?.clone();
+            Some((h, r))
+        }));
+    }
     if hosts.len() > 1 {
         let ids: Vec<_> = hosts.iter().map(|h| h.instance_id.as_str()).collect();
         return Err(ControlError::Conflict(format!(
@@ -404,8 +459,23 @@ async fn acquire_lock(ssm: &aws_sdk_ssm::Client, instance_id: &str, tenant: &str
                 ))
             }
         }
-        // Held by someone else: break it if it is stale, otherwise wait.
+        // Held by someone else: break it if it is stale, otherwise wait. Held for this same
+        // tenant: an earlier run of this operation stopped while holding it (a crash, kill -9);
+        // control runs one job per customer, so it is ours to take over.
         if let Ok(got) = ssm.get_parameter().name(&name).send().await {
+            if got.parameter().and_then(|p| p.value()) == Some(tenant) {
+                ssm.put_parameter()
+                    .name(&name)
+                    .value(tenant)
+                    .r#type(aws_sdk_ssm::types::ParameterType::String)
+                    .overwrite(true)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        ControlError::aws(format!("PutParameter {name} (placement lock)"), e)
+                    })?;
+                return Ok(());
+            }
             let modified = got
                 .parameter()
                 .and_then(|p| p.last_modified_date())
@@ -457,7 +527,36 @@ pub async fn place(
     zone: Option<&str>,
     progress: &Progress,
 ) -> Result<(Host, Reservation)> {
-    let mut tried: Vec<String> = Vec::new();
+    let fresh = Reservation {
+        tenant: tenant.to_owned(),
+        memory_mib: need.memory_mib,
+        cpu_millis: need.cpu_millis,
+        state: "reserved".to_owned(),
+        volume_id: None,
+        from: None,
+    };
+    place_as(ec2, ssm, fleet, &fresh, zone, &[], progress).await
+}
+
+/// Like [`place`], writing `entry` as the reservation, never on a host in `exclude` (a
+/// move's source).
+pub async fn place_as(
+    ec2: &aws_sdk_ec2::Client,
+    ssm: &aws_sdk_ssm::Client,
+    fleet: &str,
+    entry: &Reservation,
+    zone: Option<&str>,
+    exclude: &[String],
+    progress: &Progress,
+) -> Result<(Host, Reservation)> {
+    let (tenant, need) = (
+        entry.tenant.as_str(),
+        Need {
+            memory_mib: entry.memory_mib,
+            cpu_millis: entry.cpu_millis,
+        },
+    );
+    let mut tried: Vec<String> = exclude.to_vec();
     let mut collisions = 0u32;
     loop {
         let hosts = list_hosts(ec2, fleet, progress).await?;
@@ -473,7 +572,7 @@ pub async fn place(
         };
         let id = host.instance_id.clone();
         acquire_lock(ssm, &id, tenant).await?;
-        let placed = reserve_locked(ec2, &id, tenant, need).await;
+        let placed = reserve_locked(ec2, &id, entry).await;
         release_lock(ssm, &id, progress).await;
         match placed? {
             Some((after, r)) => {
@@ -498,20 +597,18 @@ pub async fn place(
 async fn reserve_locked(
     ec2: &aws_sdk_ec2::Client,
     instance_id: &str,
-    tenant: &str,
-    need: Need,
+    entry: &Reservation,
 ) -> Result<Option<(Host, Reservation)>> {
+    let tenant = entry.tenant.as_str();
+    let need = Need {
+        memory_mib: entry.memory_mib,
+        cpu_millis: entry.cpu_millis,
+    };
     let current = get_host(ec2, instance_id).await?;
-    if current.reservation(tenant).is_none() && !current.fits(need) {
+    if current.reservation(tenant).is_none() && (current.draining || !current.fits(need)) {
         return Ok(None);
     }
-    let r = Reservation {
-        tenant: tenant.to_owned(),
-        memory_mib: need.memory_mib,
-        cpu_millis: need.cpu_millis,
-        state: "reserved".to_owned(),
-        volume_id: None,
-    };
+    let r = entry.clone();
     write_reservation(ec2, instance_id, &r).await?;
     let after = get_host(ec2, instance_id).await?;
     let f = after.free();
@@ -543,9 +640,11 @@ mod tests {
                     cpu_millis: 500,
                     state: "running".into(),
                     volume_id: None,
+                    from: None,
                 })
                 .collect(),
             devices: vec!["/dev/sda1".into()],
+            draining: false,
         }
     }
 
@@ -562,12 +661,29 @@ mod tests {
             cpu_millis: 500,
             state: "attached".into(),
             volume_id: Some("vol-1".into()),
+            from: None,
         };
         assert_eq!(
             r.to_tag_value(),
             "memory-mib=1024,cpu-millis=500,state=attached,volume=vol-1"
         );
-        assert_eq!(Reservation::parse("acme", &r.to_tag_value()), Some(r));
+        assert_eq!(
+            Reservation::parse("acme", &r.to_tag_value()),
+            Some(r.clone())
+        );
+        let moving = Reservation {
+            state: MOVING_IN.into(),
+            from: Some("i-0abc".into()),
+            ..r
+        };
+        assert_eq!(
+            moving.to_tag_value(),
+            "memory-mib=1024,cpu-millis=500,state=moving-in,volume=vol-1,from=i-0abc"
+        );
+        assert_eq!(
+            Reservation::parse("acme", &moving.to_tag_value()),
+            Some(moving)
+        );
         assert_eq!(Reservation::parse("acme", "garbage"), None);
     }
 

@@ -26,6 +26,18 @@ pub enum JobAction {
         /// Its compose file, env and files (may hold secrets).
         bundle: Bundle,
     },
+    /// Move a shared tenant to another shared host (`host`, or the best fit in its zone).
+    Move {
+        /// The tenant.
+        name: CustomerName,
+        /// The target host; None: the best fit.
+        host: Option<String>,
+    },
+    /// Keep new tenants off a shared host and move its tenants away, one by one.
+    Drain {
+        /// The host's instance id.
+        host: String,
+    },
     /// Delete (or complete deleting) everything of a customer.
     Delete {
         /// The customer.
@@ -42,6 +54,8 @@ impl JobAction {
             JobAction::Deploy { .. } => "deploy",
             JobAction::Compose { .. } => "compose",
             JobAction::Delete { .. } => "delete",
+            JobAction::Move { .. } => "move",
+            JobAction::Drain { .. } => "drain",
         }
     }
 
@@ -49,7 +63,11 @@ impl JobAction {
     pub fn customer(&self) -> String {
         match self {
             JobAction::Deploy { request } => request.name.clone(),
-            JobAction::Compose { name, .. } | JobAction::Delete { name, .. } => name.to_string(),
+            JobAction::Compose { name, .. }
+            | JobAction::Delete { name, .. }
+            | JobAction::Move { name, .. } => name.to_string(),
+            // One drain per host at a time; the key cannot be a customer's name.
+            JobAction::Drain { host } => format!("host:{host}"),
         }
     }
 
@@ -57,7 +75,7 @@ impl JobAction {
     /// customer's CMK. A delete carries none, so it never depends on that key (a customer
     /// whose key is gone can still be deleted).
     pub fn holds_secrets(&self) -> bool {
-        !matches!(self, JobAction::Delete { .. })
+        matches!(self, JobAction::Deploy { .. } | JobAction::Compose { .. })
     }
 
     /// Runs the action; the JSON outcome or the error's text.
@@ -81,6 +99,20 @@ impl JobAction {
                 .delete(name, *keep_volume, progress)
                 .await
                 .and_then(json),
+            JobAction::Move { name, host } => crate::moves::move_shared(
+                &control.clients,
+                &control.config,
+                name,
+                host.as_deref(),
+                progress,
+            )
+            .await
+            .and_then(json),
+            JobAction::Drain { host } => {
+                crate::moves::drain(&control.clients, &control.config, host, progress)
+                    .await
+                    .and_then(json)
+            }
         };
         outcome.map_err(|e| {
             progress.line(format!("{} failed: {e}", self.kind()));

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod inventory;
 pub mod job_action;
 pub mod jobs;
+pub mod moves;
 pub mod ops;
 pub mod params;
 pub mod progress;
@@ -22,6 +23,7 @@ pub mod sealed;
 pub mod shared;
 pub mod store;
 pub mod tags;
+pub mod tenant_record;
 pub mod tokens;
 pub mod userdata;
 

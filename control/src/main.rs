@@ -130,6 +130,24 @@ enum Command {
         #[arg(long)]
         keep_volume: bool,
     },
+    /// Move (or finish moving) a shared tenant to another shared host in its volume's zone:
+    /// room reserved there, the tenant stopped on its host, its volume handed over, hostd
+    /// there creating it; a failure rolls back to the source. Re-running it resumes it.
+    Move {
+        /// Customer name.
+        name: String,
+        /// Where to: `shared` (moves to and from dedicated are not built yet).
+        #[arg(long, value_parser = ["shared"])]
+        to: String,
+        /// The target shared host (instance id); default: the best fit in the volume's zone.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Keep new tenants off a shared host and move its tenants away one by one.
+    Drain {
+        /// The host's instance id.
+        host: String,
+    },
     /// Show what exists for a customer (ledger, instances, volumes, SSM parameters).
     Status {
         /// Customer name.
@@ -345,6 +363,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match control.delete(&name, keep_volume, &stderr_progress()).await {
                     Ok(outcome) => {
                         print_json(&outcome);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                },
+            )
+        }
+        Command::Move { name, to: _, host } => {
+            let name = CustomerName::parse(&name).map_err(|e| anyhow::anyhow!("name: {e}"))?;
+            let control = Control::new(cfg).await;
+            let (c, p) = (&control.clients, &stderr_progress());
+            let moved =
+                match control::moves::choose_target(c, &control.config, &name, host.as_deref(), p)
+                    .await
+                {
+                    Ok(to) => {
+                        eprintln!(
+                            "control: moving {name} to {to}; if this stops half-way, \
+                         `control move {name} --to shared --host {to}` finishes it"
+                        );
+                        control::moves::move_shared(c, &control.config, &name, Some(&to), p).await
+                    }
+                    Err(e) => Err(e),
+                };
+            Ok(match moved {
+                Ok(out) => {
+                    print_json(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            })
+        }
+        Command::Drain { host } => {
+            let control = Control::new(cfg).await;
+            Ok(
+                match control::moves::drain(
+                    &control.clients,
+                    &control.config,
+                    &host,
+                    &stderr_progress(),
+                )
+                .await
+                {
+                    Ok(out) => {
+                        print_json(&out);
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(&e),

@@ -200,7 +200,8 @@ async fn ensure_volume(
     Ok(volume_id)
 }
 
-async fn ensure_attached(
+/// Attaches the volume to `host` unless it is (waits for it); returns the device name.
+pub(crate) async fn ensure_attached(
     clients: &Clients,
     config: &ControlConfig,
     host: &Host,
@@ -313,6 +314,8 @@ pub async fn deploy(
     set_state(clients, &host.instance_id, &mut reservation, "attached").await?;
 
     let tspec = tenant_spec(spec, config, identity, VolumeSource::Ebs(volume_id.clone()))?;
+    // Kept for a later move, which creates the same tenant on another host.
+    crate::tenant_record::save(&clients.ssm, &tspec).await?;
     let lines = hostd::run(
         &clients.ssm,
         config,
@@ -333,7 +336,13 @@ pub async fn deploy(
     })
 }
 
-async fn set_state(clients: &Clients, host: &str, r: &mut Reservation, state: &str) -> Result<()> {
+/// Rewrites the reservation's state when it differs.
+pub(crate) async fn set_state(
+    clients: &Clients,
+    host: &str,
+    r: &mut Reservation,
+    state: &str,
+) -> Result<()> {
     if r.state != state {
         r.state = state.to_owned();
         inventory::write_reservation(&clients.ec2, host, r).await?;
@@ -410,7 +419,7 @@ pub async fn delete(
     let mut removal = SharedRemoval::default();
     let reservation =
         inventory::find_reservation(&clients.ec2, &config.fleet, name.as_str()).await?;
-    if let Some((host, mut r)) = reservation.clone() {
+    if let Some((host, mut r)) = reservation {
         set_state(clients, &host.instance_id, &mut r, "deleting").await?;
         hostd::run(
             &clients.ssm,
@@ -470,12 +479,14 @@ pub async fn delete(
         removal.volumes_deleted.push(id);
     }
 
-    if let Some((host, _)) = reservation {
+    // A move in progress holds a second reservation on its target: release every one.
+    for (host, _) in inventory::reservations_of(&clients.ec2, &config.fleet, name.as_str()).await? {
         inventory::release(&clients.ec2, &host.instance_id, name.as_str()).await?;
         progress.line(format!(
             "placement: released {name}'s reservation on {}",
             host.instance_id
         ));
     }
+    crate::tenant_record::remove(&clients.ssm, name).await?;
     Ok(removal)
 }

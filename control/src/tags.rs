@@ -38,6 +38,8 @@ pub const CAPACITY_CPU: &str = "m8trx:reservable-cpu-mcpu";
 pub const CAPACITY_SLOTS: &str = "m8trx:max-tenants";
 /// On a shared host: prefix of one reservation per tenant, `m8trx:tenant:<name>`.
 pub const TENANT_PREFIX: &str = "m8trx:tenant:";
+/// On a shared host being drained (`control drain`): `true` keeps new placements away.
+pub const DRAINING: &str = "m8trx:draining";
 
 /// Builds one EC2 tag.
 pub fn tag(key: &str, value: &str) -> Tag {

@@ -23,11 +23,13 @@ pub enum Scope {
     Deploy,
     /// Delete customers.
     Delete,
+    /// Move tenants between hosts and drain hosts.
+    Move,
 }
 
 impl Scope {
     /// Every scope, in the order they are documented.
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Deploy, Scope::Delete];
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Deploy, Scope::Delete, Scope::Move];
 
     /// The scope's name in flags, the database and messages.
     pub fn as_str(self) -> &'static str {
@@ -35,6 +37,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Deploy => "deploy",
             Scope::Delete => "delete",
+            Scope::Move => "move",
         }
     }
 
@@ -44,7 +47,9 @@ impl Scope {
             .into_iter()
             .find(|x| x.as_str() == s)
             .ok_or_else(|| {
-                TokenError::Invalid(format!("unknown scope {s:?}: use read, deploy or delete"))
+                TokenError::Invalid(format!(
+                    "unknown scope {s:?}: use read, deploy, delete or move"
+                ))
             })
     }
 }
@@ -118,7 +123,7 @@ pub fn create(store: &Store, name: &str, scopes: &BTreeSet<Scope>) -> Result<Str
     check_name(name)?;
     if scopes.is_empty() {
         return Err(TokenError::Invalid(
-            "a token needs at least one scope: --scope read,deploy,delete".into(),
+            "a token needs at least one scope: --scope read,deploy,delete,move".into(),
         ));
     }
     let mut bytes = [0u8; 32];

@@ -683,6 +683,42 @@ async fn api_runs_deploy_and_delete_as_pollable_jobs() {
         host.as_str()
     );
 
+    // Moves: only to another shared host, named by its instance id; with no other host in
+    // the fleet there is nowhere to go, said before any job starts.
+    let move_uri = format!("/v1/deployments/{name}/move");
+    for (body, status, field) in [
+        (serde_json::json!({"to": "dedicated"}), 422, "to"),
+        (
+            serde_json::json!({"to": "shared", "host": "web-1"}),
+            422,
+            "host",
+        ),
+    ] {
+        let (s, v) = call(&app, json("POST", move_uri.clone(), &body)).await;
+        assert_eq!(
+            (s, v["errors"][0]["field"].as_str()),
+            (status, Some(field)),
+            "{v}"
+        );
+    }
+    let (s, v) = call(
+        &app,
+        json(
+            "POST",
+            move_uri.clone(),
+            &serde_json::json!({"to": "shared"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no other shared host"),
+        "{v}"
+    );
+
     // The tenant's compose bundle, forwarded to hostd on its host as a job.
     let compose_uri = format!("/v1/deployments/{name}/compose");
     let raw = |body: Vec<u8>| {

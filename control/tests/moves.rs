@@ -1,0 +1,387 @@
+//! `control move` and `control drain` against the moto server: the ledger, the volume's
+//! attachments and the hostd commands each host received, for a move, a move stopped at
+//! every AWS call and resumed (what `kill -9` of control leaves), a failed move rolled back,
+//! and a drain. moto cannot run hostd; the local two-host test (hostd/tests/host_move.rs)
+//! moves a live tenant between two real hostd instances.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use control::moves::{choose_target, drain, move_shared};
+use control::{Control, ControlError, Progress};
+use m8trx_spec::CustomerName;
+
+mod world;
+use world::*;
+
+/// From the `dead_from`-th AWS call on, every call fails before it leaves the client: what a
+/// control killed at that point can no longer do. Counts every call either way.
+#[derive(Debug, Clone)]
+struct DeadFrom {
+    dead_from: u32,
+    seen: Arc<AtomicU32>,
+}
+
+impl aws_sdk_ec2::config::Intercept for DeadFrom {
+    fn name(&self) -> &'static str {
+        "dead-from-nth-call"
+    }
+    fn read_before_execution(
+        &self,
+        _context: &aws_sdk_ec2::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_ec2::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= self.dead_from {
+            return Err("control is gone (killed)".into());
+        }
+        Ok(())
+    }
+}
+
+/// `w`'s control with every EC2 and SSM call going through `dead`.
+async fn dying(w: &World, dead: DeadFrom) -> Control {
+    let mut c = w.control.clone();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(moto())
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "AKIDCONTROLTEST",
+            "control-secret",
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await;
+    c.clients.ec2 = aws_sdk_ec2::Client::from_conf(
+        aws_sdk_ec2::config::Builder::from(&conf)
+            .interceptor(dead.clone())
+            .build(),
+    );
+    c.clients.ssm = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&conf)
+            .interceptor(dead)
+            .build(),
+    );
+    c
+}
+
+/// A move as the CLI and the API make it: the target decided first, then the move to it.
+async fn mv(
+    c: &Control,
+    name: &CustomerName,
+    to: Option<&str>,
+) -> Result<control::moves::MoveOutcome, ControlError> {
+    let p = Progress::silent();
+    let to = choose_target(&c.clients, &c.config, name, to, &p).await?;
+    move_shared(&c.clients, &c.config, name, Some(&to), &p).await
+}
+
+/// The move to `host` itself (what a resumed job runs).
+async fn mv_to(
+    c: &Control,
+    name: &CustomerName,
+    host: &str,
+) -> Result<control::moves::MoveOutcome, ControlError> {
+    move_shared(&c.clients, &c.config, name, Some(host), &Progress::silent()).await
+}
+
+/// Where the tenant is: (host with its running entry, other hosts' entries, volume's host).
+async fn whereabouts(
+    w: &World,
+    name: &CustomerName,
+    hosts: &[&str],
+) -> (Option<String>, usize, Option<String>) {
+    let mut running = None;
+    let mut entries = 0;
+    for h in hosts {
+        if let Some(r) = w.reservation(h, name).await {
+            entries += 1;
+            if r.state == "running" && r.from.is_none() {
+                running = Some((*h).to_owned());
+            }
+        }
+    }
+    let vols = control::ec2::customer_volumes(&w.clients().ec2, name)
+        .await
+        .unwrap();
+    assert_eq!(vols.len(), 1, "exactly one volume, moved not copied");
+    let attached = vols[0]
+        .attachments()
+        .iter()
+        .find(|a| a.state() == Some(&aws_sdk_ec2::types::VolumeAttachmentState::Attached))
+        .and_then(|a| a.instance_id().map(str::to_owned));
+    (running, entries, attached)
+}
+
+#[tokio::test]
+async fn a_shared_tenant_moves_to_another_host_in_its_zone_and_back() {
+    let mut w = World::new().await;
+    let name = w.customer("move").await;
+    // A is fuller, so the deploy goes there (best fit); B and C have room; C is in another zone.
+    let a = w.host(1, 4096, 4, &[("other-tenant", 2048)]).await;
+    let b = w.host(1, 8192, 8, &[]).await;
+    let c = w.host(0, 8192, 8, &[]).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+    w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    assert_eq!(
+        whereabouts(&w, &name, &[&a, &b, &c]).await,
+        (Some(a.clone()), 1, Some(a.clone()))
+    );
+
+    let err = mv(&w.control, &name, Some(&c)).await.unwrap_err();
+    assert!(err.to_string().contains("between zones"), "{err}");
+    let same = mv(&w.control, &name, Some(&a)).await.unwrap();
+    assert_eq!(
+        (same.from_host.as_str(), same.to_host.as_str()),
+        (a.as_str(), a.as_str())
+    );
+    assert_eq!(
+        whereabouts(&w, &name, &[&a, &b, &c]).await,
+        (Some(a.clone()), 1, Some(a.clone())),
+        "refusals change nothing"
+    );
+
+    let (progress, lines) = recorder();
+    let out = move_shared(
+        &w.control.clients,
+        &w.control.config,
+        &name,
+        None,
+        &progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (out.from_host.as_str(), out.to_host.as_str()),
+        (a.as_str(), b.as_str())
+    );
+    assert_eq!(
+        whereabouts(&w, &name, &[&a, &b, &c]).await,
+        (Some(b.clone()), 1, Some(b.clone()))
+    );
+    let r = w.reservation(&b, &name).await.unwrap();
+    assert_eq!(
+        (r.memory_mib, r.cpu_millis),
+        (1024, 500),
+        "the same room on the target"
+    );
+    // A was told to destroy without wiping, B to create the same tenant on the same volume.
+    let sent_a = w.commands_sent(&a).await.join("\n");
+    assert!(
+        sent_a.contains("hostd ctl destroy") && !sent_a.contains("--wipe"),
+        "{sent_a}"
+    );
+    let sent_b = w.commands_sent(&b).await.join("\n");
+    assert!(
+        sent_b.contains("hostd ctl create") && sent_b.contains(&out.volume_id),
+        "{sent_b}"
+    );
+    let lines = lines.lock().unwrap().join("\n");
+    assert!(
+        lines.contains("room held there") && lines.contains("point its DNS record"),
+        "{lines}"
+    );
+    let st = w.control.status(&name).await.unwrap();
+    assert_eq!(st.shared_host.as_deref(), Some(b.as_str()));
+
+    // And back, naming the host.
+    let back = mv(&w.control, &name, Some(&a)).await.unwrap();
+    assert_eq!(back.to_host, a);
+    assert_eq!(
+        whereabouts(&w, &name, &[&a, &b, &c]).await,
+        (Some(a.clone()), 1, Some(a.clone()))
+    );
+    w.control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .unwrap();
+    assert!(w.leftovers(&name).await.is_empty());
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_move_stopped_at_any_aws_call_is_finished_by_running_it_again() {
+    let mut w = World::new().await;
+    let name = w.customer("movekill").await;
+    let a = w.host(1, 4096, 4, &[("other-tenant", 2048)]).await;
+    let b = w.host(1, 8192, 8, &[]).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+    w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+
+    // How many calls a whole move makes.
+    let counter = DeadFrom {
+        dead_from: u32::MAX,
+        seen: Arc::default(),
+    };
+    mv_to(&dying(&w, counter.clone()).await, &name, &b)
+        .await
+        .unwrap();
+    let calls = counter.seen.load(Ordering::SeqCst);
+    assert!(calls > 10, "{calls}");
+    mv(&w.control, &name, Some(&a)).await.unwrap();
+
+    for n in 1..=calls {
+        let dead = DeadFrom {
+            dead_from: n,
+            seen: Arc::default(),
+        };
+        let stopped = mv_to(&dying(&w, dead).await, &name, &b).await;
+        assert!(
+            stopped.is_err(),
+            "killed at call {n} of {calls}, yet it finished"
+        );
+        let resumed = mv_to(&w.control, &name, &b).await;
+        let out = resumed.unwrap_or_else(|e| panic!("resuming after call {n}: {e}"));
+        // Either finished on B, or (killed before anything changed) moved afresh to B.
+        assert_eq!(out.to_host, b, "after call {n}");
+        assert_eq!(
+            whereabouts(&w, &name, &[&a, &b]).await,
+            (Some(b.clone()), 1, Some(b.clone())),
+            "after a stop at call {n}: one running entry, on B, with the volume"
+        );
+        mv(&w.control, &name, Some(&a)).await.unwrap();
+    }
+    println!(
+        "move: stopped at each of its {calls} AWS calls in turn, each resumed to the same end"
+    );
+    w.control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .unwrap();
+    assert!(w.leftovers(&name).await.is_empty());
+    w.cleanup().await;
+}
+
+/// Fails SendCommand to one instance: hostd there "cannot create the tenant".
+#[derive(Debug)]
+struct FailCommandsTo(String);
+
+impl aws_sdk_ssm::config::Intercept for FailCommandsTo {
+    fn name(&self) -> &'static str {
+        "fail-send-command-to"
+    }
+    fn read_before_execution(
+        &self,
+        context: &aws_sdk_ssm::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_ssm::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let to_it = context
+            .input()
+            .downcast_ref::<aws_sdk_ssm::operation::send_command::SendCommandInput>()
+            .is_some_and(|i| i.instance_ids().contains(&self.0));
+        match to_it {
+            true => Err("the target host refuses the command".into()),
+            false => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_move_the_target_cannot_take_rolls_back_to_the_source() {
+    let mut w = World::new().await;
+    let name = w.customer("moveback").await;
+    let a = w.host(1, 4096, 4, &[("other-tenant", 2048)]).await;
+    let b = w.host(1, 8192, 8, &[]).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+    w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    let creates_on_a = w.commands_sent(&a).await;
+
+    let mut broken = w.control.clone();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(moto())
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "AKIDCONTROLTEST",
+            "control-secret",
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await;
+    broken.clients.ssm = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&conf)
+            .interceptor(FailCommandsTo(b.clone()))
+            .build(),
+    );
+    let (progress, lines) = recorder();
+    let err = move_shared(&broken.clients, &broken.config, &name, None, &progress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    assert_eq!(
+        whereabouts(&w, &name, &[&a, &b]).await,
+        (Some(a.clone()), 1, Some(a.clone())),
+        "back on A with its volume; B's room released"
+    );
+    // A: the destroy for the move, then a create again.
+    let sent_a = w.commands_sent(&a).await;
+    let creates = |s: &[String]| s.iter().filter(|c| c.contains("hostd ctl create")).count();
+    assert!(creates(&sent_a) > creates(&creates_on_a), "{sent_a:?}");
+    assert!(
+        sent_a.iter().any(|c| c.contains("hostd ctl destroy")),
+        "{sent_a:?}"
+    );
+    let lines = lines.lock().unwrap().join("\n");
+    assert!(lines.contains("rolled back;"), "{lines}");
+    w.control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .unwrap();
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_drained_host_sends_its_tenants_elsewhere_and_takes_no_new_one() {
+    let mut w = World::new().await;
+    let one = w.customer("drain1").await;
+    let two = w.customer("drain2").await;
+    let a = w.host(1, 4096, 4, &[]).await;
+    let b = w.host(1, 8192, 8, &[]).await;
+    for n in [&one, &two] {
+        let spec = w.request(n, "shared").validate().unwrap();
+        w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+        assert_eq!(
+            whereabouts(&w, n, &[&a, &b]).await.0,
+            Some(a.clone()),
+            "best fit: A"
+        );
+    }
+    let moved = drain(
+        &w.control.clients,
+        &w.control.config,
+        &a,
+        &Progress::silent(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.len(), 2);
+    for n in [&one, &two] {
+        assert_eq!(
+            whereabouts(&w, n, &[&a, &b]).await,
+            (Some(b.clone()), 1, Some(b.clone()))
+        );
+    }
+    let host_a = control::inventory::get_host(&w.clients().ec2, &a)
+        .await
+        .unwrap();
+    assert!(
+        host_a.draining && host_a.reservations.is_empty(),
+        "{host_a:?}"
+    );
+    // A new tenant that would best fit on A goes to B.
+    let three = w.customer("drain3").await;
+    let spec = w.request(&three, "shared").validate().unwrap();
+    w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    assert_eq!(whereabouts(&w, &three, &[&a, &b]).await.0, Some(b.clone()));
+    for n in [&one, &two, &three] {
+        w.control
+            .delete(n, false, &Progress::silent())
+            .await
+            .unwrap();
+    }
+    w.cleanup().await;
+}
