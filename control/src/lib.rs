@@ -26,6 +26,7 @@ pub mod tags;
 pub mod tenant_record;
 pub mod tokens;
 pub mod userdata;
+pub mod zone_copy;
 
 pub use config::{Clients, ControlConfig};
 pub use error::ControlError;

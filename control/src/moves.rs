@@ -8,6 +8,11 @@
 //! target's id range for the tenant) and runs the deployment recorded on it. Then the
 //! target's entry becomes `running` and the source's is released.
 //!
+//! A move to another zone cannot attach the volume there: the stopped tenant's volume is
+//! snapshotted and a volume made from the snapshot in the target's zone, under the same
+//! customer key (`zone_copy`); the original and the snapshot are deleted once the move
+//! completed, and discarded copies on a roll-back.
+//!
 //! Every step reads where things are before acting, so re-running the same move after a
 //! crash (or `kill -9` of control) continues it. A step that fails after the source stopped
 //! rolls back: the volume goes back to the source, hostd there creates the tenant again, and
@@ -44,7 +49,7 @@ pub struct MoveOutcome {
     pub device: String,
 }
 
-/// Moves `name` to another shared host (`to`, or the best fit in the volume's zone).
+/// Moves `name` to another shared host (`to`, or the best fit: in the volume's zone first).
 pub async fn move_shared(
     clients: &Clients,
     config: &ControlConfig,
@@ -104,6 +109,7 @@ pub async fn move_shared(
             "move: {name} already runs on {}",
             source.instance_id
         ));
+        crate::zone_copy::remove_original(clients, &volume_id, progress).await?;
         let v = crate::ec2::volume(&clients.ec2, &volume_id).await?;
         return Ok(MoveOutcome {
             name: name.to_string(),
@@ -134,16 +140,26 @@ pub async fn move_shared(
     };
 
     // The source stops serving only now, with the target's room held.
-    let stopped = stop_source(clients, config, &source, &mut from, &volume_id, progress).await;
-    let forward = match stopped {
-        Ok(()) => {
-            hand_over(
-                clients, config, &target, &mut into, &volume_id, &spec, progress,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
+    let forward = async {
+        stop_source(clients, config, &source, &mut from, &volume_id, progress).await?;
+        // Another zone gets a copy: a snapshot of the stopped volume, a volume from it there.
+        let moved = match target.availability_zone == source.availability_zone {
+            true => volume_id.clone(),
+            false => {
+                crate::zone_copy::copy_to_zone(
+                    clients,
+                    config,
+                    name,
+                    &volume_id,
+                    &target.availability_zone,
+                    progress,
+                )
+                .await?
+            }
+        };
+        hand_over(clients, config, &target, &mut into, &moved, &spec, progress).await
+    }
+    .await;
     match forward {
         Ok(device) => {
             let out = finish(clients, name, &target, &mut into, Some(&source), progress).await?;
@@ -151,7 +167,8 @@ pub async fn move_shared(
         }
         Err(e) => {
             progress.line(format!("move: {e}; rolling back to {}", source.instance_id));
-            match roll_back(clients, config, &source, &mut from, &target, &volume_id, &spec, progress).await {
+            let ends = (&source, &target);
+            match roll_back(clients, config, ends, &mut from, &into, &volume_id, &spec, progress).await {
                 Ok(()) => Err(ControlError::Conflict(format!(
                     "moving {name} to {} failed and was rolled back (it runs on {} again): {e}",
                     target.instance_id, source.instance_id
@@ -166,8 +183,8 @@ pub async fn move_shared(
 }
 
 /// The host a move of `name` goes to, decided before anything changes: the target of a
-/// move under way, `to` when it is a host of the fleet in the volume's zone, else the best
-/// fit there. A job records it, so running the job again after a crash finishes the same
+/// move under way, `to` when it is a host of the fleet, else the best fit in the volume's
+/// zone, or in any zone when none there has room. A job records it, so running the job again after a crash finishes the same
 /// move instead of starting another one.
 pub async fn choose_target(
     clients: &Clients,
@@ -203,13 +220,7 @@ pub async fn choose_target(
                 config.fleet
             )));
         };
-        if h.availability_zone != source.availability_zone {
-            return Err(ControlError::Conflict(format!(
-                "{t} is in {}, {name}'s volume in {}: a move between zones (a snapshot copy) is not built yet; choose a host in {}",
-                h.availability_zone, source.availability_zone, source.availability_zone
-            )));
-        }
-        return Ok(t.to_owned());
+        return Ok(h.instance_id.clone());
     }
     let need = inventory::Need {
         memory_mib: from.memory_mib,
@@ -219,19 +230,15 @@ pub async fn choose_target(
         .into_iter()
         .filter(|h| h.instance_id != source.instance_id)
         .collect();
+    // The volume's zone first (the volume itself moves); another zone only if none there
+    // has room (a copy moves).
     inventory::choose(&others, need, Some(&source.availability_zone))
+        .or_else(|| inventory::choose(&others, need, None))
         .map(|h| h.instance_id.clone())
         .ok_or_else(|| {
             ControlError::NoCapacity(format!(
-                "no other shared host in {} has room for {name}: {}",
-                source.availability_zone,
-                inventory::no_room_message(
-                    &config.fleet,
-                    name.as_str(),
-                    &others,
-                    need,
-                    Some(&source.availability_zone)
-                )
+                "no other shared host has room for {name}: {}",
+                inventory::no_room_message(&config.fleet, name.as_str(), &others, need, None)
             ))
         })
 }
@@ -251,30 +258,28 @@ async fn reserve_target(
         from: Some(source.instance_id.clone()),
         ..from.clone()
     };
-    let zone = Some(source.availability_zone.as_str());
     let hosts = inventory::list_hosts(&clients.ec2, &config.fleet, progress).await?;
-    let exclude: Vec<String> = match to {
-        None => vec![source.instance_id.clone()],
-        Some(t) => {
-            let Some(h) = hosts.iter().find(|h| h.instance_id == t) else {
-                return Err(ControlError::Missing(format!(
-                    "{t} is not a running shared host of fleet {:?}",
-                    config.fleet
-                )));
-            };
-            if h.availability_zone != source.availability_zone {
-                return Err(ControlError::Conflict(format!(
-                    "{t} is in {}, {name}'s volume in {}: a move between zones (a snapshot copy) is not built yet; choose a host in {}",
-                    h.availability_zone, source.availability_zone, source.availability_zone
-                )));
-            }
-            hosts
-                .iter()
-                .map(|h| h.instance_id.clone())
-                .filter(|id| id != t)
-                .collect()
+    let t = match to {
+        Some(t) => t.to_owned(),
+        None => {
+            let name = CustomerName::parse(name)
+                .map_err(|e| ControlError::Conflict(format!("ledger entry {name}: {e}")))?;
+            choose_target(clients, config, &name, None, progress).await?
         }
     };
+    if !hosts.iter().any(|h| h.instance_id == t) {
+        return Err(ControlError::Missing(format!(
+            "{t} is not a running shared host of fleet {:?}",
+            config.fleet
+        )));
+    }
+    // Only the chosen host: place_as re-checks its room under its lock.
+    let exclude: Vec<String> = hosts
+        .iter()
+        .map(|h| h.instance_id.clone())
+        .filter(|id| *id != t)
+        .collect();
+    let zone = None;
     let (host, r) = inventory::place_as(
         &clients.ec2,
         &clients.ssm,
@@ -367,12 +372,14 @@ async fn hand_over(
         inventory::write_reservation(&clients.ec2, &target.instance_id, into).await?;
     }
     let device = ensure_attached(clients, config, target, volume_id, progress).await?;
+    let mut spec = spec.clone();
+    spec.volume = VolumeSource::Ebs(volume_id.to_owned());
     hostd::run(
         &clients.ssm,
         config,
         &target.instance_id,
         &format!("create tenant {} (moved in)", spec.name),
-        hostd::create_commands(spec)?,
+        hostd::create_commands(&spec)?,
         progress,
     )
     .await?;
@@ -398,6 +405,8 @@ async fn finish(
     into.from = None;
     inventory::write_reservation(&clients.ec2, &target.instance_id, into).await?;
     let volume_id = into.volume_id.clone().unwrap_or_default();
+    // A move between zones leaves the volume it copied and that volume's snapshot.
+    crate::zone_copy::remove_original(clients, &volume_id, progress).await?;
     let v = crate::ec2::volume(&clients.ec2, &volume_id).await?;
     let device = v
         .as_ref()
@@ -416,19 +425,22 @@ async fn finish(
     })
 }
 
-/// Puts the tenant back on its source: volume back, hostd create there, target released.
+/// Puts the tenant back on its source: the target's tenant removed and its volume (the
+/// same one, or a copy) detached, the volume back on the source, hostd create there, the
+/// target's room released, a copy and its snapshot discarded.
 #[allow(clippy::too_many_arguments)] // the two ends of the move and what travels between them
 async fn roll_back(
     clients: &Clients,
     config: &ControlConfig,
-    source: &Host,
+    (source, target): (&Host, &Host),
     from: &mut Reservation,
-    target: &Host,
+    into: &Reservation,
     volume_id: &str,
     spec: &m8trx_spec::tenant::TenantSpec,
     progress: &Progress,
 ) -> Result<()> {
-    let v = crate::ec2::volume(&clients.ec2, volume_id).await?;
+    let on_target = into.volume_id.as_deref().unwrap_or(volume_id);
+    let v = crate::ec2::volume(&clients.ec2, on_target).await?;
     if v.as_ref()
         .and_then(|v| attached_to(v, &target.instance_id))
         .is_some()
@@ -442,7 +454,7 @@ async fn roll_back(
             progress,
         )
         .await;
-        detach(clients, config, volume_id, &target.instance_id, progress).await?;
+        detach(clients, config, on_target, &target.instance_id, progress).await?;
     }
     ensure_attached(clients, config, source, volume_id, progress).await?;
     hostd::run(
@@ -456,6 +468,7 @@ async fn roll_back(
     .await?;
     set_state(clients, &source.instance_id, from, "running").await?;
     inventory::release(&clients.ec2, &target.instance_id, spec.name.as_str()).await?;
+    crate::zone_copy::discard_copies(clients, volume_id, progress).await?;
     progress.line(format!(
         "move: rolled back; {} runs on {} again",
         spec.name, source.instance_id

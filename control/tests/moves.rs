@@ -131,8 +131,6 @@ async fn a_shared_tenant_moves_to_another_host_in_its_zone_and_back() {
         (Some(a.clone()), 1, Some(a.clone()))
     );
 
-    let err = mv(&w.control, &name, Some(&c)).await.unwrap_err();
-    assert!(err.to_string().contains("between zones"), "{err}");
     let same = mv(&w.control, &name, Some(&a)).await.unwrap();
     assert_eq!(
         (same.from_host.as_str(), same.to_host.as_str()),
@@ -202,51 +200,158 @@ async fn a_shared_tenant_moves_to_another_host_in_its_zone_and_back() {
     w.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_move_stopped_at_any_aws_call_is_finished_by_running_it_again() {
-    let mut w = World::new().await;
-    let name = w.customer("movekill").await;
-    let a = w.host(1, 4096, 4, &[("other-tenant", 2048)]).await;
-    let b = w.host(1, 8192, 8, &[]).await;
-    let spec = w.request(&name, "shared").validate().unwrap();
-    w.control.deploy(&spec, &Progress::silent()).await.unwrap();
-
-    // How many calls a whole move makes.
+/// Stops a move from `home` to `to` at each of its AWS calls in turn, runs it again each
+/// time, checks where the tenant ended, and moves it home again; returns the calls a move
+/// makes.
+async fn stop_at_each_call(w: &World, name: &CustomerName, home: &str, to: &str) -> u32 {
+    let hosts = [home, to];
     let counter = DeadFrom {
         dead_from: u32::MAX,
         seen: Arc::default(),
     };
-    mv_to(&dying(&w, counter.clone()).await, &name, &b)
+    mv_to(&dying(w, counter.clone()).await, name, to)
         .await
         .unwrap();
     let calls = counter.seen.load(Ordering::SeqCst);
     assert!(calls > 10, "{calls}");
-    mv(&w.control, &name, Some(&a)).await.unwrap();
-
+    mv(&w.control, name, Some(home)).await.unwrap();
     for n in 1..=calls {
         let dead = DeadFrom {
             dead_from: n,
             seen: Arc::default(),
         };
-        let stopped = mv_to(&dying(&w, dead).await, &name, &b).await;
+        let stopped = mv_to(&dying(w, dead).await, name, to).await;
         assert!(
             stopped.is_err(),
             "killed at call {n} of {calls}, yet it finished"
         );
-        let resumed = mv_to(&w.control, &name, &b).await;
+        let resumed = mv_to(&w.control, name, to).await;
         let out = resumed.unwrap_or_else(|e| panic!("resuming after call {n}: {e}"));
-        // Either finished on B, or (killed before anything changed) moved afresh to B.
-        assert_eq!(out.to_host, b, "after call {n}");
+        assert_eq!(out.to_host, to, "after call {n}");
         assert_eq!(
-            whereabouts(&w, &name, &[&a, &b]).await,
-            (Some(b.clone()), 1, Some(b.clone())),
-            "after a stop at call {n}: one running entry, on B, with the volume"
+            whereabouts(w, name, &hosts).await,
+            (Some(to.to_owned()), 1, Some(to.to_owned())),
+            "after a stop at call {n}: one running entry, on the target, with the one volume"
         );
-        mv(&w.control, &name, Some(&a)).await.unwrap();
+        mv(&w.control, name, Some(home)).await.unwrap();
     }
+    calls
+}
+
+#[tokio::test]
+async fn a_move_stopped_at_any_aws_call_is_finished_by_running_it_again() {
+    let mut w = World::new().await;
+    let name = w.customer("movekill").await;
+    // 64 moves and as many back: waits poll moto every 5 ms, not every 50.
+    w.control.config.poll_interval = std::time::Duration::from_millis(5);
+    let a = w.host(1, 4096, 4, &[("other-tenant", 2048)]).await;
+    let b = w.host(1, 8192, 8, &[]).await;
+    let c = w.host(0, 8192, 8, &[]).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+    w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    let same_zone = stop_at_each_call(&w, &name, &a, &b).await;
+    let other_zone = stop_at_each_call(&w, &name, &a, &c).await;
     println!(
-        "move: stopped at each of its {calls} AWS calls in turn, each resumed to the same end"
+        "move: stopped at each of its AWS calls in turn ({same_zone} in one zone, {other_zone} between zones), each resumed to the same end"
     );
+    w.control
+        .delete(&name, false, &Progress::silent())
+        .await
+        .unwrap();
+    assert!(w.leftovers(&name).await.is_empty());
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_move_to_another_zone_copies_the_volume_under_the_customers_key() {
+    let mut w = World::new().await;
+    let name = w.customer("movezone").await;
+    let a = w.host(1, 4096, 4, &[]).await;
+    let c = w.host(0, 8192, 8, &[]).await;
+    let key = cmk_arn(&w, &name).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+    w.control.deploy(&spec, &Progress::silent()).await.unwrap();
+    let (_, _, Some(on)) = whereabouts(&w, &name, &[&a, &c]).await else {
+        panic!("not attached")
+    };
+    assert_eq!(on, a);
+    let original = control::ec2::customer_volumes(&w.clients().ec2, &name)
+        .await
+        .unwrap()[0]
+        .volume_id()
+        .unwrap()
+        .to_owned();
+
+    let (progress, lines) = recorder();
+    let to = choose_target(
+        &w.control.clients,
+        &w.control.config,
+        &name,
+        Some(&c),
+        &progress,
+    )
+    .await
+    .unwrap();
+    let out = move_shared(
+        &w.control.clients,
+        &w.control.config,
+        &name,
+        Some(&to),
+        &progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.to_host, c);
+    assert_ne!(out.volume_id, original, "a copy in the other zone");
+    assert_eq!(
+        whereabouts(&w, &name, &[&a, &c]).await,
+        (Some(c.clone()), 1, Some(c.clone()))
+    );
+    let v = control::ec2::volume(&w.clients().ec2, &out.volume_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.availability_zone(), Some("us-east-2a"));
+    assert_eq!(
+        v.kms_key_id(),
+        Some(key.as_str()),
+        "the customer's key, as before"
+    );
+    assert!(v.encrypted().unwrap());
+    assert_eq!(
+        control::tags::get(v.tags(), control::zone_copy::COPY_OF),
+        Some(original.as_str())
+    );
+    assert!(
+        control::ec2::volume(&w.clients().ec2, &original)
+            .await
+            .unwrap()
+            .is_none_or(
+                |o| o.state() == Some(&aws_sdk_ec2::types::VolumeState::Deleted)
+                    || o.state() == Some(&aws_sdk_ec2::types::VolumeState::Deleting)
+            ),
+        "the original is deleted once the move completed"
+    );
+    let snaps = w
+        .clients()
+        .ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(control::tags::filter(
+            control::tags::CUSTOMER,
+            name.as_str(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        snaps.snapshots().is_empty(),
+        "the move's snapshot is deleted: {snaps:?}"
+    );
+    let sent_c = w.commands_sent(&c).await.join("\n");
+    assert!(sent_c.contains(&out.volume_id), "{sent_c}");
+    let lines = lines.lock().unwrap().join("\n");
+    assert!(lines.contains("under the same key"), "{lines}");
     w.control
         .delete(&name, false, &Progress::silent())
         .await

@@ -604,6 +604,8 @@ def test_control_reads_what_placement_needs_and_keeps_its_ledger_on_shared_hosts
     for action in ["ec2:CreateTags", "ec2:DeleteTags"]:
         ok = Request(p, action, f"{EC2}:instance/i-1", {**host, "aws:TagKeys": ["m8trx:tenant:acme"]})
         assert decide(ok, world.control.identity), action
+        drain = Request(p, action, f"{EC2}:instance/i-1", {**host, "aws:TagKeys": ["m8trx:draining"]})
+        assert decide(drain, world.control.identity), (action, "drain")
         for ctx in [
             {**host, "aws:TagKeys": ["m8trx:role"]},
             {**host, "aws:TagKeys": ["m8trx:tenant:acme", "m8trx:max-tenants"]},
@@ -671,3 +673,19 @@ def test_control_seals_job_inputs_under_the_customers_key_with_that_customers_co
     for who in [customer_principal(world.customers["beta"]), host_principal(world)]:
         d = decide(key_request(who, "kms:Decrypt", acme, own), [ADMIN], None, acme.key_policy, kms_key_policy=True)
         assert not d, d.reason
+
+
+def test_control_moves_a_volume_between_zones_through_its_own_snapshots_only(world):
+    """A move to another zone snapshots the tenant volume, makes a volume from the snapshot
+    there and deletes the snapshot afterwards: only snapshots tagged as a move's."""
+    p = control_principal(world)
+    snap = f"arn:aws:ec2:{REGION}::snapshot/snap-1"
+    move_snap = {"aws:ResourceTag/m8trx:role": "tenant-snapshot"}
+    for action in ["ec2:CreateVolume", "ec2:DeleteSnapshot"]:
+        assert decide(Request(p, action, snap, move_snap), world.control.identity), action
+        for ctx in [{}, {"aws:ResourceTag/m8trx:role": "tenant-volume"}, {"aws:ResourceTag/m8trx:role": "dlm-backup"}]:
+            assert not decide(Request(p, action, snap, ctx), world.control.identity), (action, ctx)
+    # The new volume itself is still only an encrypted, tagged tenant volume.
+    tagged = {"ec2:Encrypted": "true", "aws:RequestTag/m8trx:role": "tenant-volume", "aws:RequestTag/Customer": "acme"}
+    assert decide(Request(p, "ec2:CreateVolume", f"{EC2}:volume/*", tagged), world.control.identity)
+    assert not decide(Request(p, "ec2:CreateVolume", f"{EC2}:volume/*", {**tagged, "ec2:Encrypted": "false"}), world.control.identity)
