@@ -28,6 +28,9 @@ pub struct ControlConfig {
     pub poll_interval: Duration,
     /// How long a wait (volume, instance, SSM command) may take before it fails.
     pub wait_timeout: Duration,
+    /// Run after a move's target serves, before the source lets go:
+    /// `HOOK <hostname> <instance-id> <public-ip or ->` per hostname, to point DNS at it.
+    pub dns_hook: Option<std::path::PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -43,6 +46,7 @@ impl Default for ControlConfig {
             fleet: "default".to_owned(),
             poll_interval: Duration::from_secs(2),
             wait_timeout: Duration::from_secs(600),
+            dns_hook: None,
         }
     }
 }

@@ -77,6 +77,21 @@ pub async fn all_customer_volumes(
         .collect())
 }
 
+/// An instance's public IPv4 address, if it has one.
+pub async fn public_ip(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Option<String>> {
+    let out = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(|e| ControlError::aws(format!("DescribeInstances {instance_id}"), e))?;
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| i.public_ip_address().map(str::to_owned)))
+}
+
 /// Describes one volume; `None` once it no longer exists.
 pub async fn volume(ec2: &aws_sdk_ec2::Client, volume_id: &str) -> Result<Option<Volume>> {
     match ec2.describe_volumes().volume_ids(volume_id).send().await {

@@ -56,6 +56,11 @@ struct Cli {
     /// Shared-host fleet (terraform fleet_name): hosts tagged m8trx:role=shared-host, m8trx:fleet=<fleet>.
     #[arg(long, env = "M8TRX_FLEET", default_value = "default", global = true)]
     fleet: String,
+    /// Run after a move's target serves, before the source lets go, once per hostname:
+    /// `HOOK <hostname> <instance-id> <public-ip or ->`; it points DNS at the target (e.g. a
+    /// script calling the Cloudflare API). A failing hook stops the move there; run it again.
+    #[arg(long, env = "M8TRX_DNS_HOOK", global = true)]
+    dns_hook: Option<PathBuf>,
     /// Poll interval of waits, milliseconds.
     #[arg(long, default_value_t = 2000, global = true)]
     poll_ms: u64,
@@ -216,6 +221,7 @@ fn config(cli: &Cli) -> ControlConfig {
         fleet: cli.fleet.clone(),
         poll_interval: Duration::from_millis(cli.poll_ms),
         wait_timeout: Duration::from_secs(cli.wait_timeout_secs),
+        dns_hook: cli.dns_hook.clone(),
     }
 }
 

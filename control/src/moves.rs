@@ -90,7 +90,7 @@ pub async fn move_shared(
         let mut spec = crate::tenant_record::load(&clients.ssm, name).await?;
         spec.volume = VolumeSource::Ebs(volume_id.clone());
         let device = hand_over(clients, config, &host, &mut r, &volume_id, &spec, progress).await?;
-        let out = finish(clients, name, &host, &mut r, None, progress).await?;
+        let out = finish(clients, config, name, &host, &mut r, None, progress).await?;
         return Ok(MoveOutcome { device, ..out });
     };
     let volume_id = from.volume_id.clone().ok_or_else(|| {
@@ -162,7 +162,16 @@ pub async fn move_shared(
     .await;
     match forward {
         Ok(device) => {
-            let out = finish(clients, name, &target, &mut into, Some(&source), progress).await?;
+            let out = finish(
+                clients,
+                config,
+                name,
+                &target,
+                &mut into,
+                Some(&source),
+                progress,
+            )
+            .await?;
             Ok(MoveOutcome { device, ..out })
         }
         Err(e) => {
@@ -389,6 +398,7 @@ async fn hand_over(
 /// The target's entry becomes `running`; the source's is released.
 async fn finish(
     clients: &Clients,
+    config: &ControlConfig,
     name: &CustomerName,
     target: &Host,
     into: &mut Reservation,
@@ -396,6 +406,9 @@ async fn finish(
     progress: &Progress,
 ) -> Result<MoveOutcome> {
     let from_host = into.from.clone().unwrap_or_default();
+    // DNS last, once the target serves; until the hook succeeds the ledger still says
+    // "moving", so a re-run calls it again.
+    point_dns(clients, config, name, target, progress).await?;
     // The source's entry goes first: stopped here, the target's `moving-in` entry alone
     // tells a re-run what is left.
     if let Some(source) = source {
@@ -413,8 +426,12 @@ async fn finish(
         .and_then(|v| attached_to(v, &target.instance_id))
         .unwrap_or_default();
     progress.line(format!(
-        "move: {name} runs on {} (was {from_host}); point its DNS record at that host",
-        target.instance_id
+        "move: {name} runs on {} (was {from_host}){}",
+        target.instance_id,
+        match config.dns_hook {
+            Some(_) => "",
+            None => "; point its DNS record at that host (no --dns-hook)",
+        }
     ));
     Ok(MoveOutcome {
         name: name.to_string(),
@@ -423,6 +440,57 @@ async fn finish(
         volume_id,
         device,
     })
+}
+
+/// Runs the DNS hook for each of the tenant's hostnames, pointing it at `target`.
+async fn point_dns(
+    clients: &Clients,
+    config: &ControlConfig,
+    name: &CustomerName,
+    target: &Host,
+    progress: &Progress,
+) -> Result<()> {
+    let Some(hook) = &config.dns_hook else {
+        return Ok(());
+    };
+    let spec = crate::tenant_record::load(&clients.ssm, name).await?;
+    let ip = crate::ec2::public_ip(&clients.ec2, &target.instance_id)
+        .await?
+        .unwrap_or_else(|| "-".to_owned());
+    for hostname in &spec.subdomains {
+        let run = tokio::process::Command::new(hook)
+            .args([hostname, &target.instance_id, &ip])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .map_err(|_| {
+                ControlError::Conflict(format!(
+                    "DNS hook {} for {hostname} took over 60 s; run the move again to retry it",
+                    hook.display()
+                ))
+            })?
+            .map_err(|e| {
+                ControlError::Conflict(format!(
+                    "DNS hook {} cannot run: {e}; fix --dns-hook and run the move again",
+                    hook.display()
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(ControlError::Conflict(format!(
+                "DNS hook {} for {hostname} failed ({}): {}; the tenant serves on {} — run the move again to retry the hook",
+                hook.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                target.instance_id
+            )));
+        }
+        progress.line(format!(
+            "dns: {hostname} points at {} ({ip})",
+            target.instance_id
+        ));
+    }
+    Ok(())
 }
 
 /// Puts the tenant back on its source: the target's tenant removed and its volume (the

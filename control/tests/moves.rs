@@ -185,13 +185,43 @@ async fn a_shared_tenant_moves_to_another_host_in_its_zone_and_back() {
     let st = w.control.status(&name).await.unwrap();
     assert_eq!(st.shared_host.as_deref(), Some(b.as_str()));
 
-    // And back, naming the host.
-    let back = mv(&w.control, &name, Some(&a)).await.unwrap();
+    // And back, naming the host, with a DNS hook: it fails first (the move stops with the
+    // tenant serving on A, the ledger still "moving"), then works on the re-run.
+    let dir = std::env::temp_dir().join(format!("m8trx-dns-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, fail) = (dir.join("calls"), dir.join("fail"));
+    let hook = dir.join("hook");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ -f {fail} ]; then echo 'the DNS API said no' >&2; exit 7; fi\necho \"$1 $2 $3\" >> {log}\n",
+            fail = fail.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(&fail, "").unwrap();
+    let mut hooked = w.control.clone();
+    hooked.config.dns_hook = Some(hook);
+    let err = mv(&hooked, &name, Some(&a)).await.unwrap_err();
+    assert!(err.to_string().contains("the DNS API said no"), "{err}");
+    let moving = w.reservation(&a, &name).await.unwrap();
+    assert_eq!(moving.state, "moving-in", "not done until DNS points at A");
+    assert!(!log.exists());
+    std::fs::remove_file(&fail).unwrap();
+    let back = mv(&hooked, &name, Some(&a)).await.unwrap();
     assert_eq!(back.to_host, a);
     assert_eq!(
         whereabouts(&w, &name, &[&a, &b, &c]).await,
         (Some(a.clone()), 1, Some(a.clone()))
     );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.starts_with(&format!("{name}.m8trx.test {a} ")) && calls.lines().count() == 1,
+        "{calls}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     w.control
         .delete(&name, false, &Progress::silent())
         .await
