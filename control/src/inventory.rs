@@ -338,32 +338,14 @@ pub async fn find_reservation(
     fleet: &str,
     tenant: &str,
 ) -> Result<Option<(Host, Reservation)>> {
-    let instances = describe(
-        ec2,
-        vec![
-            tags::filter(tags::COMPONENT, tags::ROLE_SHARED_HOST),
-            tags::filter(tags::FLEET, fleet),
-            tags::attr("tag-key", &[&format!("{}{tenant}", tags::TENANT_PREFIX)]),
-            tags::attr(
-                "instance-state-name",
-                &["pending", "running", "stopping", "stopped"],
-            ),
-        ],
-    )
-    .await?;
-    let hosts: Vec<Host> = instances
-        .iter()
-        .filter_map(|i| host_from_instance(i).ok())
-        .collect();
+    let mut entries = reservations_of(ec2, fleet, tenant).await?;
     // A move holds a reservation on its target too (`moving-in`): the tenant's home is the
     // other one until the move completes.
-    let moving_in = |h: &Host| h.reservation(tenant).is_some_and(|r| r.state == MOVING_IN);
-    if hosts.len() == 2 && hosts.iter().filter(|h| moving_in(h)).count() == 1 {
-        return Ok(hosts.into_iter().find(|h| !moving_in(h)).and_then(|h| {
-            let r = h.reservation(tenant)?.clone();
-            Some((h, r))
-        }));
+    let moving_in = |(_, r): &(Host, Reservation)| r.state == MOVING_IN;
+    if entries.len() == 2 && entries.iter().filter(|e| moving_in(e)).count() == 1 {
+        entries.retain(|e| !moving_in(e));
     }
+    let hosts: Vec<&Host> = entries.iter().map(|(h, _)| h).collect();
     if hosts.len() > 1 {
         let ids: Vec<_> = hosts.iter().map(|h| h.instance_id.as_str()).collect();
         return Err(ControlError::Conflict(format!(
@@ -372,10 +354,7 @@ pub async fn find_reservation(
             ids.join(", ")
         )));
     }
-    Ok(hosts.into_iter().next().and_then(|h| {
-        let r = h.reservation(tenant)?.clone();
-        Some((h, r))
-    }))
+    Ok(entries.into_iter().next())
 }
 
 /// Writes (or rewrites) `tenant`'s ledger entry on a host.

@@ -857,18 +857,7 @@ async fn ssm_failure_aborts_before_compute_and_restores_parameters() {
         .await
         .unwrap();
     let mut control = w.control.clone();
-    let shared_conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto())
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "AKIDCONTROLTEST",
-            "control-secret",
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
+    let shared_conf = moto_conf().await;
     control.clients.ssm = aws_sdk_ssm::Client::from_conf(
         aws_sdk_ssm::config::Builder::from(&shared_conf)
             .interceptor(FailNthPut {

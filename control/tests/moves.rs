@@ -43,18 +43,7 @@ impl aws_sdk_ec2::config::Intercept for DeadFrom {
 /// `w`'s control with every EC2 and SSM call going through `dead`.
 async fn dying(w: &World, dead: DeadFrom) -> Control {
     let mut c = w.control.clone();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto())
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "AKIDCONTROLTEST",
-            "control-secret",
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
+    let conf = moto_conf().await;
     c.clients.ec2 = aws_sdk_ec2::Client::from_conf(
         aws_sdk_ec2::config::Builder::from(&conf)
             .interceptor(dead.clone())
@@ -230,21 +219,21 @@ async fn a_shared_tenant_moves_to_another_host_in_its_zone_and_back() {
     w.cleanup().await;
 }
 
-/// Stops a move from `home` to `to` at each of its AWS calls in turn, runs it again each
-/// time, checks where the tenant ended, and moves it home again; returns the calls a move
-/// makes.
-async fn stop_at_each_call(w: &World, name: &CustomerName, home: &str, to: &str) -> u32 {
-    let hosts = [home, to];
+/// Stops a move between `x` and `y` at each of its AWS calls in turn (one way, then the
+/// other), runs it again each time and checks where the tenant ended; leaves it on `x`.
+/// Returns the calls a move makes.
+async fn stop_at_each_call(w: &World, name: &CustomerName, x: &str, y: &str) -> u32 {
+    let hosts = [x, y];
     let counter = DeadFrom {
         dead_from: u32::MAX,
         seen: Arc::default(),
     };
-    mv_to(&dying(w, counter.clone()).await, name, to)
+    mv_to(&dying(w, counter.clone()).await, name, y)
         .await
         .unwrap();
     let calls = counter.seen.load(Ordering::SeqCst);
     assert!(calls > 10, "{calls}");
-    mv(&w.control, name, Some(home)).await.unwrap();
+    let mut to = x;
     for n in 1..=calls {
         let dead = DeadFrom {
             dead_from: n,
@@ -263,8 +252,9 @@ async fn stop_at_each_call(w: &World, name: &CustomerName, home: &str, to: &str)
             (Some(to.to_owned()), 1, Some(to.to_owned())),
             "after a stop at call {n}: one running entry, on the target, with the one volume"
         );
-        mv(&w.control, name, Some(home)).await.unwrap();
+        to = if to == x { y } else { x };
     }
+    mv_to(&w.control, name, x).await.unwrap();
     calls
 }
 
@@ -272,7 +262,7 @@ async fn stop_at_each_call(w: &World, name: &CustomerName, home: &str, to: &str)
 async fn a_move_stopped_at_any_aws_call_is_finished_by_running_it_again() {
     let mut w = World::new().await;
     let name = w.customer("movekill").await;
-    // 64 moves and as many back: waits poll moto every 5 ms, not every 50.
+    // Some 130 moves: waits poll moto every 5 ms, not every 50.
     w.control.config.poll_interval = std::time::Duration::from_millis(5);
     let a = w.host(1, 4096, 4, &[("other-tenant", 2048)]).await;
     let b = w.host(1, 8192, 8, &[]).await;
@@ -425,18 +415,7 @@ async fn a_move_the_target_cannot_take_rolls_back_to_the_source() {
     let creates_on_a = w.commands_sent(&a).await;
 
     let mut broken = w.control.clone();
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(moto())
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "AKIDCONTROLTEST",
-            "control-secret",
-            None,
-            None,
-            "test",
-        ))
-        .load()
-        .await;
+    let conf = moto_conf().await;
     broken.clients.ssm = aws_sdk_ssm::Client::from_conf(
         aws_sdk_ssm::config::Builder::from(&conf)
             .interceptor(FailCommandsTo(b.clone()))

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::proxy::{fetch_path, Proxy};
-use support::{env, require_root, text, Cleanup, Daemon};
+use support::{require_root, Cleanup, Daemon};
 
 fn caddy_compose(host: &str, image: &str) -> String {
     let caddyfile = format!(
@@ -135,15 +135,7 @@ fn a_live_tenant_moves_to_another_host_with_its_data_and_under_a_minute_of_downt
     a.ok(&["destroy", &filler, "--wipe"]);
     assert_eq!(a.status(&name)["slot"], 2, "{}", a.status(&name));
 
-    let image = env("M8TRX_IMAGE_CADDY");
-    let tar = root.join("caddy.tar");
-    let o = Command::new("docker")
-        .args(["save", "-o"])
-        .arg(&tar)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let (image, tar) = support::image_tarball(&root, "M8TRX_IMAGE_CADDY");
     a.ok(&["load", &name, "-i", tar.to_str().unwrap()]);
     let compose = root.join("compose.json");
     std::fs::write(&compose, caddy_compose(&host, &image)).unwrap();

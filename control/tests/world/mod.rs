@@ -28,6 +28,23 @@ pub fn moto() -> String {
     })
 }
 
+/// SDK settings for a client of the moto server with the tests' credentials (tests that
+/// build a client with an interceptor of their own).
+pub async fn moto_conf() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(moto())
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "AKIDCONTROLTEST",
+            "control-secret",
+            None,
+            None,
+            "test",
+        ))
+        .load()
+        .await
+}
+
 /// A short name unique to this process and call: `c<pid><n><label>`, within 32 characters.
 pub fn unique(label: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -178,8 +178,13 @@ pub fn write_spec(dir: &Path, name: &str, memory: &str) -> PathBuf {
 
 /// The test busybox image saved as a tarball in `dir`, as an operator would bring it.
 pub fn busybox_tarball(dir: &Path) -> (String, PathBuf) {
-    let image = env("M8TRX_IMAGE_BUSYBOX");
-    let tar = dir.join("busybox.tar");
+    image_tarball(dir, "M8TRX_IMAGE_BUSYBOX")
+}
+
+/// The test image named by `var` (scripts/test-env) saved as a tarball in `dir`.
+pub fn image_tarball(dir: &Path, var: &str) -> (String, PathBuf) {
+    let image = env(var);
+    let tar = dir.join(format!("{}.tar", var.to_ascii_lowercase()));
     let o = Command::new("docker")
         .args(["save", "-o"])
         .arg(&tar)
