@@ -494,3 +494,76 @@ async fn a_sealed_request_opens_only_for_its_customer_and_job() {
     assert!(control::sealed::open(kms, &a, 7, &tampered).await.is_err());
     w.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_job_killed_mid_way_finishes_the_same_move_after_a_restart() {
+    let mut w = World::new().await;
+    let name = w.customer("kill9mv").await;
+    let a = w.host(1, 4096, 4, &[("other-tenant", 2048)]).await;
+    let b = w.host(1, 8192, 8, &[]).await;
+    let c = w.host(1, 8192, 8, &[]).await;
+    let spec = w.request(&name, "shared").validate().unwrap();
+    w.control
+        .deploy(&spec, &control::Progress::silent())
+        .await
+        .unwrap();
+    let dir = state_dir("kill9mv");
+    let state = dir.join("control.db");
+    let token = make_token(&state, "ops", "read,move");
+
+    // Another placement holds B's lock: the move, bound for B, waits there with nothing
+    // changed yet but its job recorded.
+    let lock = control::inventory::lock_parameter(&b);
+    w.clients()
+        .ssm
+        .put_parameter()
+        .name(&lock)
+        .value("held-by-the-test")
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .send()
+        .await
+        .unwrap();
+    let server = Server::start(&state, Some(&w));
+    let path = format!("/v1/deployments/{name}/move");
+    let (s, v) = server.as_token(
+        &token,
+        "POST",
+        &path,
+        &format!(r#"{{"to":"shared","host":"{b}"}}"#),
+    );
+    assert_eq!(s, 202, "{v}");
+    let id = v["job"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, job) = server.as_token(&token, "GET", &format!("/v1/jobs/{id}"), "");
+    assert_eq!(job["state"], "running", "{job}");
+    server.kill9();
+
+    // Restarted with both B and C free: the job finishes the move it was given, to B.
+    w.clients()
+        .ssm
+        .delete_parameter()
+        .name(&lock)
+        .send()
+        .await
+        .unwrap();
+    let server = Server::start(&state, Some(&w));
+    let job = wait_job(&server, &token, id, |j| j["state"] != "running");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["starts"], 2, "{job}");
+    assert_eq!(job["result"]["to_host"], b.as_str(), "{job}");
+    let r = w.reservation(&b, &name).await.unwrap();
+    assert_eq!(r.state, "running");
+    assert!(w.reservation(&a, &name).await.is_none());
+    assert!(w.reservation(&c, &name).await.is_none());
+
+    // The same token cannot deploy or delete: scope move only.
+    let (s, _) = server.as_token(&token, "DELETE", &format!("/v1/deployments/{name}"), "");
+    assert_eq!(s, 403);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    w.control
+        .delete(&name, false, &control::Progress::silent())
+        .await
+        .unwrap();
+    w.cleanup().await;
+}
