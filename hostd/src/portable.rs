@@ -147,18 +147,13 @@ fn shift_one(
 
 /// Takes the mounted volume over for a tenant whose ids start at `base`: shifts the files
 /// of another range, and returns the manifest found (None for a volume never used).
-pub fn take_over(
-    mount: &Path,
-    base: u64,
-    count: u64,
-) -> Result<(Option<Manifest>, u64), PortableError> {
+pub fn take_over(mount: &Path, base: u64) -> Result<(Option<Manifest>, u64), PortableError> {
     let found = read(mount)?;
     if let Some(m) = &found {
         // Only a range hostd hands out: a manifest naming another one (root's ids, say) is
         // refused rather than used to re-own files.
         let valid = m.id_base >= crate::ids::BASE
-            && (m.id_base - crate::ids::BASE).is_multiple_of(crate::ids::RANGE)
-            && count == crate::ids::RANGE;
+            && (m.id_base - crate::ids::BASE).is_multiple_of(crate::ids::RANGE);
         if !valid {
             return Err(PortableError::Damaged {
                 path: mount.join(FILE),
@@ -168,7 +163,7 @@ pub fn take_over(
     }
     let mut shifted = 0;
     if let Some(m) = found.as_ref().filter(|m| m.id_base != base) {
-        shifted = shift_ids(mount, m.id_base, base, count)?;
+        shifted = shift_ids(mount, m.id_base, base, crate::ids::RANGE)?;
         // The range is the new one from now on, even if the caller stops here.
         write(
             mount,
@@ -234,7 +229,7 @@ mod tests {
         )
         .unwrap();
 
-        let (found, n) = take_over(&dir, 1_131_072, 65_536).unwrap();
+        let (found, n) = take_over(&dir, 1_131_072).unwrap();
         assert_eq!(found.unwrap().id_base, 1_065_536);
         assert_eq!(n, 7, "four dirs, two files, one link");
         let eng = engine_dir(&dir, 1_131_072);
@@ -255,7 +250,7 @@ mod tests {
         assert_eq!(owner(&foreign), (0, 0), "ids outside the range stay");
         assert_eq!(read(&dir).unwrap().unwrap().id_base, 1_131_072);
         // Again: nothing of the old range is left, nothing changes.
-        let (_, n) = take_over(&dir, 1_131_072, 65_536).unwrap();
+        let (_, n) = take_over(&dir, 1_131_072).unwrap();
         assert_eq!(n, 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -277,7 +272,7 @@ mod tests {
             .unwrap();
             assert!(
                 matches!(
-                    take_over(&dir, 1_065_536, 65_536),
+                    take_over(&dir, 1_065_536),
                     Err(PortableError::Damaged { .. })
                 ),
                 "{base}"

@@ -66,14 +66,18 @@ fn release(t: &Target) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Writes the volume's manifest: this host's id range for the tenant and its deployment,
+/// The volume's manifest for `rec`: this host's id range for the tenant and its deployment,
 /// what another host needs to take the tenant over with this volume.
-pub async fn record(host: &Host, rec: &Record) -> Result<(), StepError> {
-    let at = host.mountpoint(rec);
-    let manifest = portable::Manifest {
+fn manifest(rec: &Record) -> portable::Manifest {
+    portable::Manifest {
         id_base: crate::ids::range_base(rec.slot),
         deployment: rec.deployment.clone(),
-    };
+    }
+}
+
+/// Writes the volume's manifest (after a deploy changed the deployment).
+pub async fn record(host: &Host, rec: &Record) -> Result<(), StepError> {
+    let (at, manifest) = (host.mountpoint(rec), manifest(rec));
     blocking(move || portable::write(&at, &manifest)).await
 }
 
@@ -97,8 +101,11 @@ impl Step for Volume {
         // A volume another host used (a move) arrives with its files in that host's id
         // range for the tenant, and with the deployment it ran there.
         let base = crate::ids::range_base(run.rec.slot);
-        let (found, shifted) =
-            blocking(move || portable::take_over(&at, base, crate::ids::RANGE)).await?;
+        let (found, shifted) = blocking(move || portable::take_over(&at, base)).await?;
+        // What is on the volume now: take_over recorded this host's range if it shifted.
+        let on_volume = found
+            .clone()
+            .map(|m| portable::Manifest { id_base: base, ..m });
         if shifted > 0 {
             run.say(format!(
                 "volume: {shifted} files moved into this host's id range for the tenant (the volume came from another host)"
@@ -113,6 +120,10 @@ impl Step for Volume {
                 run.rec.deployment = Some(dep);
                 run.save()?;
             }
+        }
+        // Written only when it changes: not on every start and reconcile of every tenant.
+        if on_volume.as_ref() == Some(&manifest(run.rec)) {
+            return Ok(());
         }
         record(run.host, run.rec).await
     }
