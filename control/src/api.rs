@@ -107,11 +107,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Records `action` as a job (or finds the one its idempotency key already made).
 async fn submit(
     st: &ApiState,
@@ -126,7 +121,7 @@ async fn submit(
     let idempotency = key.map(|key| Idempotency {
         token: caller.token.clone(),
         key,
-        request_hash: sha256_hex(&serde_json::to_vec(&action).unwrap_or_default()),
+        request_hash: crate::tokens::sha256_hex(&serde_json::to_vec(&action).unwrap_or_default()),
     });
     let customer = action.customer();
     match st

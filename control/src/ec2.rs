@@ -77,8 +77,8 @@ pub async fn all_customer_volumes(
         .collect())
 }
 
-/// An instance's public IPv4 address, if it has one.
-pub async fn public_ip(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Option<String>> {
+/// Describes one instance; `None` when EC2 no longer lists it.
+pub async fn instance(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Option<Instance>> {
     let out = ec2
         .describe_instances()
         .instance_ids(instance_id)
@@ -88,8 +88,16 @@ pub async fn public_ip(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<O
     Ok(out
         .reservations()
         .iter()
-        .flat_map(|r| r.instances())
-        .find_map(|i| i.public_ip_address().map(str::to_owned)))
+        .flat_map(|r| r.instances().iter())
+        .next()
+        .cloned())
+}
+
+/// An instance's public IPv4 address, if it has one.
+pub async fn public_ip(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Option<String>> {
+    Ok(instance(ec2, instance_id)
+        .await?
+        .and_then(|i| i.public_ip_address().map(str::to_owned)))
 }
 
 /// Describes one volume; `None` once it no longer exists.
@@ -108,6 +116,22 @@ pub async fn volume(ec2: &aws_sdk_ec2::Client, volume_id: &str) -> Result<Option
             }
         }
     }
+}
+
+/// Waits until a volume just made (or found) can be attached: available, or in use already.
+pub async fn wait_usable(
+    ec2: &aws_sdk_ec2::Client,
+    config: &ControlConfig,
+    volume_id: &str,
+) -> Result<()> {
+    wait_volume(ec2, config, volume_id, "available", |v| {
+        matches!(
+            v.and_then(|v| v.state()),
+            Some(VolumeState::Available) | Some(VolumeState::InUse)
+        )
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Polls until `check` accepts the volume (or its absence), or the wait times out.
@@ -160,18 +184,7 @@ pub async fn wait_instance(
 ) -> Result<Option<Instance>> {
     let started = Instant::now();
     loop {
-        let out = ec2
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| ControlError::aws(format!("DescribeInstances {instance_id}"), e))?;
-        let inst = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances().iter())
-            .next()
-            .cloned();
+        let inst = instance(ec2, instance_id).await?;
         let state = inst
             .as_ref()
             .and_then(|i| i.state())

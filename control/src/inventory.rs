@@ -345,9 +345,11 @@ pub async fn find_reservation(
     if entries.len() == 2 && entries.iter().filter(|e| moving_in(e)).count() == 1 {
         entries.retain(|e| !moving_in(e));
     }
-    let hosts: Vec<&Host> = entries.iter().map(|(h, _)| h).collect();
-    if hosts.len() > 1 {
-        let ids: Vec<_> = hosts.iter().map(|h| h.instance_id.as_str()).collect();
+    if entries.len() > 1 {
+        let ids: Vec<_> = entries
+            .iter()
+            .map(|(h, _)| h.instance_id.as_str())
+            .collect();
         return Err(ControlError::Conflict(format!(
             "{tenant} holds reservations on several shared hosts ({}): remove the stale \
              m8trx:tenant:{tenant} tags by hand",

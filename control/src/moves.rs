@@ -90,8 +90,16 @@ pub async fn move_shared(
         let mut spec = crate::tenant_record::load(&clients.ssm, name).await?;
         spec.volume = VolumeSource::Ebs(volume_id.clone());
         let device = hand_over(clients, config, &host, &mut r, &volume_id, &spec, progress).await?;
-        let out = finish(clients, config, name, &host, &mut r, None, progress).await?;
-        return Ok(MoveOutcome { device, ..out });
+        return finish(
+            clients,
+            config,
+            &spec,
+            (&host, &mut r),
+            None,
+            device,
+            progress,
+        )
+        .await;
     };
     let volume_id = from.volume_id.clone().ok_or_else(|| {
         ControlError::Conflict(format!(
@@ -162,17 +170,17 @@ pub async fn move_shared(
     .await;
     match forward {
         Ok(device) => {
-            let out = finish(
+            let arrived = (&target, &mut into);
+            finish(
                 clients,
                 config,
-                name,
-                &target,
-                &mut into,
+                &spec,
+                arrived,
                 Some(&source),
+                device,
                 progress,
             )
-            .await?;
-            Ok(MoveOutcome { device, ..out })
+            .await
         }
         Err(e) => {
             progress.line(format!("move: {e}; rolling back to {}", source.instance_id));
@@ -395,20 +403,21 @@ async fn hand_over(
     Ok(device)
 }
 
-/// The target's entry becomes `running`; the source's is released.
+/// DNS pointed at the target, then the source's entry released and the target's made `running`.
 async fn finish(
     clients: &Clients,
     config: &ControlConfig,
-    name: &CustomerName,
-    target: &Host,
-    into: &mut Reservation,
+    spec: &m8trx_spec::tenant::TenantSpec,
+    (target, into): (&Host, &mut Reservation),
     source: Option<&Host>,
+    device: String,
     progress: &Progress,
 ) -> Result<MoveOutcome> {
+    let name = &spec.name;
     let from_host = into.from.clone().unwrap_or_default();
     // DNS last, once the target serves; until the hook succeeds the ledger still says
     // "moving", so a re-run calls it again.
-    point_dns(clients, config, name, target, progress).await?;
+    point_dns(clients, config, &spec.subdomains, target, progress).await?;
     // The source's entry goes first: stopped here, the target's `moving-in` entry alone
     // tells a re-run what is left.
     if let Some(source) = source {
@@ -420,11 +429,6 @@ async fn finish(
     let volume_id = into.volume_id.clone().unwrap_or_default();
     // A move between zones leaves the volume it copied and that volume's snapshot.
     crate::zone_copy::remove_original(clients, &volume_id, progress).await?;
-    let v = crate::ec2::volume(&clients.ec2, &volume_id).await?;
-    let device = v
-        .as_ref()
-        .and_then(|v| attached_to(v, &target.instance_id))
-        .unwrap_or_default();
     progress.line(format!(
         "move: {name} runs on {} (was {from_host}){}",
         target.instance_id,
@@ -442,22 +446,21 @@ async fn finish(
     })
 }
 
-/// Runs the DNS hook for each of the tenant's hostnames, pointing it at `target`.
+/// Runs the DNS hook for each of `hostnames`, pointing it at `target`.
 async fn point_dns(
     clients: &Clients,
     config: &ControlConfig,
-    name: &CustomerName,
+    hostnames: &[String],
     target: &Host,
     progress: &Progress,
 ) -> Result<()> {
     let Some(hook) = &config.dns_hook else {
         return Ok(());
     };
-    let spec = crate::tenant_record::load(&clients.ssm, name).await?;
     let ip = crate::ec2::public_ip(&clients.ec2, &target.instance_id)
         .await?
         .unwrap_or_else(|| "-".to_owned());
-    for hostname in &spec.subdomains {
+    for hostname in hostnames {
         let run = tokio::process::Command::new(hook)
             .args([hostname, &target.instance_id, &ip])
             .kill_on_drop(true)

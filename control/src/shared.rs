@@ -190,13 +190,7 @@ async fn ensure_volume(
         ));
         id
     };
-    wait_volume(&clients.ec2, config, &volume_id, "available", |v| {
-        matches!(
-            v.and_then(|v| v.state()),
-            Some(VolumeState::Available) | Some(VolumeState::InUse)
-        )
-    })
-    .await?;
+    crate::ec2::wait_usable(&clients.ec2, config, &volume_id).await?;
     Ok(volume_id)
 }
 

@@ -87,9 +87,14 @@ pub struct TokenInfo {
 /// Prefix of every token, so a leaked one is recognisable (secret scanners, logs).
 pub const PREFIX: &str = "m8c_";
 
-fn hash(token: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+/// SHA-256 of `bytes` in hex: what is stored of a token (and of an idempotent request).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hash(token: &str) -> String {
+    sha256_hex(token.as_bytes())
 }
 
 fn parse_scopes(s: &str) -> BTreeSet<Scope> {

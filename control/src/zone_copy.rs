@@ -9,7 +9,6 @@ use aws_sdk_ec2::types::{ResourceType, SnapshotState, VolumeState, VolumeType};
 use m8trx_spec::CustomerName;
 
 use crate::config::{Clients, ControlConfig};
-use crate::ec2::wait_volume;
 use crate::error::{ControlError, Result};
 use crate::progress::Progress;
 use crate::tags;
@@ -32,7 +31,7 @@ pub async fn copy_to_zone(
 ) -> Result<String> {
     if let Some(id) = existing_copy(clients, volume_id).await? {
         progress.line(format!("volume: copy {id} of {volume_id} already exists"));
-        wait_available(clients, config, &id).await?;
+        crate::ec2::wait_usable(&clients.ec2, config, &id).await?;
         return Ok(id);
     }
     let source = crate::ec2::volume(&clients.ec2, volume_id)
@@ -66,19 +65,8 @@ pub async fn copy_to_zone(
         "volume: {id} made from {snapshot} in {zone}, under the same key ({})",
         source.kms_key_id().unwrap_or("the customer's")
     ));
-    wait_available(clients, config, &id).await?;
+    crate::ec2::wait_usable(&clients.ec2, config, &id).await?;
     Ok(id)
-}
-
-async fn wait_available(clients: &Clients, config: &ControlConfig, id: &str) -> Result<()> {
-    wait_volume(&clients.ec2, config, id, "available", |v| {
-        matches!(
-            v.and_then(|v| v.state()),
-            Some(VolumeState::Available) | Some(VolumeState::InUse)
-        )
-    })
-    .await
-    .map(|_| ())
 }
 
 async fn existing_copy(clients: &Clients, volume_id: &str) -> Result<Option<String>> {

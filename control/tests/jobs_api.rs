@@ -317,16 +317,7 @@ async fn a_deploy_killed_mid_job_resumes_when_control_starts_again() {
 
     // Another placement holds the host's lock, so the deploy stops right after writing the
     // customer's SSM parameters: a job with AWS changed and more to do.
-    let lock = control::inventory::lock_parameter(&host);
-    w.clients()
-        .ssm
-        .put_parameter()
-        .name(&lock)
-        .value("held-by-the-test")
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
-        .send()
-        .await
-        .unwrap();
+    let lock = w.hold_placement_lock(&host).await;
 
     let req = w.request(&name, "shared");
     let secret = req.secrets.brain_key.clone().unwrap();
@@ -513,16 +504,7 @@ async fn a_move_job_killed_mid_way_finishes_the_same_move_after_a_restart() {
 
     // Another placement holds B's lock: the move, bound for B, waits there with nothing
     // changed yet but its job recorded.
-    let lock = control::inventory::lock_parameter(&b);
-    w.clients()
-        .ssm
-        .put_parameter()
-        .name(&lock)
-        .value("held-by-the-test")
-        .r#type(aws_sdk_ssm::types::ParameterType::String)
-        .send()
-        .await
-        .unwrap();
+    let lock = w.hold_placement_lock(&b).await;
     let server = Server::start(&state, Some(&w));
     let path = format!("/v1/deployments/{name}/move");
     let (s, v) = server.as_token(

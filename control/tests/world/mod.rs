@@ -237,6 +237,22 @@ impl World {
         id
     }
 
+    /// Takes `host`'s placement lock as another placement would; returns the lock's name.
+    /// A placement on that host (a deploy, a move there) waits until it is deleted.
+    pub async fn hold_placement_lock(&self, host: &str) -> String {
+        let lock = inventory::lock_parameter(host);
+        self.clients()
+            .ssm
+            .put_parameter()
+            .name(&lock)
+            .value("held-by-the-test")
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .send()
+            .await
+            .unwrap();
+        lock
+    }
+
     pub fn request(&self, name: &CustomerName, hosting: &str) -> DeployRequest {
         DeployRequest {
             name: name.to_string(),
